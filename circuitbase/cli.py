@@ -1,0 +1,24 @@
+"""The `circuitbase` command line: a thin shell over the packages.
+
+Each command group lives in `circuitbase.commands.<name>` and is registered here.
+"""
+
+import typer
+
+from circuitbase.commands import attribute, db, neo4j, transcoders
+
+app = typer.Typer(
+    help="Attribution graphs for many prompts, stored and analysed in Neo4j.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+# Command groups register below (one line each).
+app.add_typer(neo4j.app, name="neo4j")
+app.add_typer(db.app, name="db")
+app.command("attribute")(attribute.attribute_command)
+app.add_typer(transcoders.app, name="transcoders")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""One module per CLI command group; each exposes a typer app or command functions."""

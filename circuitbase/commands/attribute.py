@@ -1,0 +1,59 @@
+"""`circuitbase attribute`: attribution graphs for a file of prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from circuitbase.commands.common import fail_on, load_model_and_transcoders
+from circuitbase.engine.attribution import AttributionConfig
+from circuitbase.engine.prompts import read_prompts
+from circuitbase.engine.runner import RunSummary, iter_attribute
+
+console = Console(stderr=True)
+
+
+def attribute_command(
+    prompts: Path = typer.Argument(..., help="Prompt file: .jsonl, .csv (with a 'prompt' column) or text."),
+    model: str = typer.Option(
+        "smollm2", help="'smollm2', a local Hugging Face model directory or a .gguf file."
+    ),
+    transcoders: Path = typer.Option(..., help="Transcoder set directory (config.yaml + safetensors)."),
+    out: Path = typer.Option(Path("graphs"), help="Directory for graph files (re-runs skip existing ones)."),
+    device: str = typer.Option("auto", help="'auto' (cuda when present), 'cpu' or 'cuda'."),
+    batch_size: int = typer.Option(64, help="Targets per backward pass."),
+    max_feature_nodes: int = typer.Option(4096, help="Feature targets visited per prompt (0 = all)."),
+    node_threshold: float = typer.Option(0.8, help="Pruning: share of influence the kept nodes cover."),
+    edge_threshold: float = typer.Option(0.98, help="Pruning: share of edge influence the kept edges cover."),
+    neuronpedia: bool = typer.Option(True, help="Also write each graph as Neuronpedia graph JSON."),
+    skip_bad: bool = typer.Option(False, help="Skip malformed prompt lines (listed at the end)."),
+) -> None:
+    """Compute one attribution graph per prompt and write it to OUT."""
+    with fail_on(console):
+        prompt_set = read_prompts(prompts, skip_bad=skip_bad)
+        loaded, transcoder_set = load_model_and_transcoders(model, transcoders, device=device)
+        config = AttributionConfig(
+            batch_size=batch_size,
+            max_feature_nodes=max_feature_nodes or None,
+            node_threshold=node_threshold,
+            edge_threshold=edge_threshold,
+        )
+        summary = RunSummary()
+        for _ in iter_attribute(
+            loaded,
+            transcoder_set,
+            prompt_set.prompts,
+            out,
+            config=config,
+            neuronpedia=neuronpedia,
+            summary=summary,
+        ):
+            pass
+        console.print(
+            f"{summary.written} graphs written, {summary.skipped} already there, "
+            f"{summary.graphs_per_second:.2f} graphs/s -> {out}"
+        )
+        for line in prompt_set.rejected:
+            console.print(f"[yellow]skipped[/yellow] {line}")

@@ -1,0 +1,45 @@
+"""Helpers shared by the command modules: error reporting and loading a model with its transcoders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+
+from circuitbase.engine.models import LoadedModel, load_model
+from circuitbase.engine.transcoders import TranscoderSet
+
+
+@contextmanager
+def fail_on(console: Console) -> Iterator[None]:
+    """Turn the project's expected errors (ValueError and OSError subclasses) into one line and exit 1."""
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_model_and_transcoders(
+    model: str, transcoders: Path, *, device: str
+) -> tuple[LoadedModel, TranscoderSet]:
+    """Load the model and its transcoder set on one device, checking that their shapes agree."""
+    target = resolve_device(device)
+    loaded = load_model(model, device=target)
+    transcoder_set = TranscoderSet.load(transcoders, device=target)
+    transcoder_set.validate_for(
+        n_layers=loaded.adapter.n_layers, d_model=loaded.adapter.d_model, model_name=loaded.name
+    )
+    return loaded, transcoder_set

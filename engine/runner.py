@@ -1,0 +1,118 @@
+"""Attribution for many prompts: one graph file per prompt, resumable, with a progress bar.
+
+1. Prompts whose graph file already exists in the output directory are skipped (re-runs resume).
+2. Each remaining prompt is tokenised (with the model's special tokens), attributed, marked with the
+   model's top prediction and whether it matches the expected answer, and written atomically, so a
+   crash loses at most the graph in flight.
+3. Graphs are also yielded as they are written, so a consumer (the ingest pipeline) can load them
+   into the database while the next one is being computed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from circuitbase.engine.attribution import AttributionConfig, attribute
+from circuitbase.engine.graph import AttributionGraph
+from circuitbase.engine.models import LoadedModel
+from circuitbase.engine.neuronpedia import write_neuronpedia
+from circuitbase.engine.prompts import Prompt
+from circuitbase.engine.transcoders import TranscoderSet
+
+
+@dataclass
+class RunSummary:
+    written: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def graphs_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def graph_path(out_dir: Path, prompt: Prompt) -> Path:
+    return out_dir / f"{prompt.id}.safetensors"
+
+
+def is_correct(top_token: str, answer: str | None) -> bool | None:
+    """Whether the model's top next token starts the expected answer (None without an answer)."""
+    if answer is None:
+        return None
+    top, expected = top_token.strip(), answer.strip()
+    return bool(top) and expected.startswith(top)
+
+
+def attribute_prompt(
+    loaded: LoadedModel, transcoders: TranscoderSet, prompt: Prompt, *, config: AttributionConfig
+) -> AttributionGraph:
+    """Tokenise and attribute one prompt; the graph carries the prompt's metadata and correctness."""
+    tokenizer = loaded.tokenizer
+    ids = tokenizer(prompt.text, return_tensors="pt").input_ids[0]
+    device = loaded.adapter.unembedding().device
+    graph = attribute(
+        loaded.model,
+        loaded.adapter,
+        transcoders,
+        ids.to(device),
+        config=config,
+        model_name=loaded.name,
+        token_strings=[tokenizer.decode([i]) for i in ids.tolist()],
+        prompt=prompt.text,
+        prompt_meta=prompt.meta(),
+    )
+    graph.logit_token_strs = [tokenizer.decode([i]) for i in graph.logit_tokens.tolist()]
+    top = graph.logit_token_strs[0] if graph.logit_token_strs else ""
+    graph.prompt_meta.update({"top_token": top, "correct": is_correct(top, prompt.answer)})
+    return graph
+
+
+def iter_attribute(
+    loaded: LoadedModel,
+    transcoders: TranscoderSet,
+    prompts: Sequence[Prompt],
+    out_dir: str | Path,
+    *,
+    config: AttributionConfig | None = None,
+    neuronpedia: bool = False,
+    show_progress: bool = True,
+    summary: RunSummary | None = None,
+) -> Iterator[tuple[Prompt, Path]]:
+    """Attribute every prompt that has no graph file yet; yield (prompt, graph file) as each is written."""
+    config = config or AttributionConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summary if summary is not None else RunSummary()
+    start = time.perf_counter()
+    columns = (
+        TextColumn("[bold]attribute"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} graphs/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+        task = progress.add_task("attribute", total=len(prompts), rate="-")
+        for prompt in prompts:
+            path = graph_path(out_dir, prompt)
+            if path.exists():
+                summary.skipped += 1
+            else:
+                graph = attribute_prompt(loaded, transcoders, prompt, config=config)
+                graph.save(path)
+                if neuronpedia:
+                    write_neuronpedia(graph, path.with_suffix(".json"), slug=prompt.id)
+                summary.written += 1
+            summary.seconds = time.perf_counter() - start
+            progress.update(task, advance=1, rate=f"{summary.graphs_per_second:.2f}")
+            yield prompt, path
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

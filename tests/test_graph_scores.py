@@ -1,0 +1,115 @@
+"""Completeness and replacement scores at their two ends, and the graph file round trip.
+
+- Perfect transcoders: a GPT-2 whose MLP uses ReLU *is* a ReLU transcoder (W_enc = c_fc, W_dec = c_proj),
+  so every error node is zero and both scores are 1.
+- Error-only: a Llama whose logits can only see the MLP outputs (embeddings and MLP outputs live in
+  orthogonal halves of the residual stream, attention writes nothing, the unembedding reads only the
+  MLP half) with transcoders that never fire: everything reaching the logits comes from error nodes,
+  so both scores are 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from circuitbase.engine.adapters import adapter_for
+from circuitbase.engine.attribution import AttributionConfig, attribute
+from circuitbase.engine.graph import AttributionGraph
+from circuitbase.engine.transcoder_io import TranscoderConfig, TranscoderWeights
+from circuitbase.engine.transcoders import TranscoderSet
+
+IDS = torch.tensor([5, 17, 33, 8, 61, 9, 40, 12])
+EVERYTHING = AttributionConfig(max_feature_nodes=None, batch_size=16)
+
+
+def _relu_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=96,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        activation_function="relu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+def _perfect_transcoders(model: GPT2LMHeadModel) -> TranscoderSet:
+    blocks = model.transformer.h
+    weights = TranscoderWeights(
+        W_enc=[b.mlp.c_fc.weight.detach().T.contiguous() for b in blocks],  # Conv1D stores [in, out]
+        b_enc=[b.mlp.c_fc.bias.detach().clone() for b in blocks],
+        W_dec=[b.mlp.c_proj.weight.detach().clone() for b in blocks],
+        b_dec=[b.mlp.c_proj.bias.detach().clone() for b in blocks],
+    )
+    d_ff = blocks[0].mlp.c_fc.weight.shape[1]
+    config = TranscoderConfig(kind="per_layer", activation="relu", n_layers=2, d_model=32, d_transcoder=d_ff)
+    return TranscoderSet(config, weights)
+
+
+def test_perfect_transcoders_score_one():
+    model = _relu_gpt2()
+    transcoders = _perfect_transcoders(model)
+    graph = attribute(model, adapter_for(model), transcoders, IDS, config=EVERYTHING)
+    assert graph.n_features > 50
+    assert graph.completeness_score > 1 - 1e-5
+    assert graph.replacement_score > 1 - 1e-5
+
+
+def _error_only_llama() -> tuple[LlamaForCausalLM, TranscoderSet]:
+    torch.manual_seed(0)
+    d, half = 32, 16
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=d,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, half:] = 0  # tokens live in the first half
+        model.lm_head.weight[:, :half] = 0  # the logits read only the second half
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()  # attention writes nothing
+            layer.mlp.down_proj.weight[:half] = 0  # MLPs write only into the second half
+    silent = TranscoderSet.random(n_layers=2, d_model=d, d_transcoder=16, activation="relu", seed=1)
+    with torch.no_grad():
+        for bias in silent.b_enc:
+            bias.fill_(-1e6)  # no feature ever fires
+    return model, silent
+
+
+def test_error_only_model_scores_zero():
+    model, silent = _error_only_llama()
+    graph = attribute(model, adapter_for(model), silent, IDS, config=EVERYTHING)
+    assert graph.n_features == 0
+    assert graph.completeness_score < 1e-6  # float32 rounding leaves ~1e-9 on token->logit paths
+    assert graph.replacement_score < 1e-6
+    logit_rows = graph.dense_adjacency()[graph.logit_offset :]
+    assert float(logit_rows[:, graph.token_offset : graph.logit_offset].abs().max()) < 1e-6
+    assert float(logit_rows[:, graph.error_offset : graph.token_offset].abs().max()) > 1e-3
+
+
+def test_graph_file_round_trip(tmp_path):
+    model = _relu_gpt2()
+    transcoders = _perfect_transcoders(model)
+    graph = attribute(
+        model, adapter_for(model), transcoders, IDS, config=AttributionConfig(max_feature_nodes=20)
+    )
+    path = graph.save(tmp_path / "g.safetensors")
+    loaded = AttributionGraph.load(path)
+    assert loaded.n_nodes == graph.n_nodes
+    assert torch.equal(loaded.dense_adjacency(), graph.dense_adjacency())
+    assert torch.equal(loaded.edge_mask, graph.edge_mask)
+    assert torch.equal(loaded.node_mask, graph.node_mask)
+    assert loaded.params == graph.params
+    assert 0 < int(graph.edge_mask.sum()) < graph.adjacency.coalesce().values().numel()
