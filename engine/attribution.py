@@ -29,6 +29,9 @@ from circuitbase.engine.replacement import ReplacementState, build_replacement_s
 from circuitbase.engine.transcoders import TranscoderSet
 
 
+_GATHER_ELEMENTS = 1 << 25  # gradient rows gathered at once for feature sources (128 MiB in float32)
+
+
 @dataclass(frozen=True)
 class AttributionConfig:
     """Settings of one attribution run; every threshold is recorded in the graph's params."""
@@ -99,6 +102,7 @@ class LinearizedPrompt:
     ) -> None:
         self.adapter, self.transcoders, self.state, self.sources = adapter, transcoders, state, sources
         self.batch_size = batch_size
+        self.backward_passes = 0
         n_layers, n_pos = adapter.n_layers, state.n_positions
         expand = (batch_size, n_pos, state.embeddings.shape[-1])
         self.embeddings = state.embeddings[None].expand(expand).clone().requires_grad_(True)
@@ -150,6 +154,7 @@ class LinearizedPrompt:
         for row, (kind, layer, position, vector) in enumerate(seeds):
             slot = n_layers if kind == "logit" else layer
             grads_out[slot][row, position] = vector.to(grads_out[slot].dtype)
+        self.backward_passes += 1
         grads = torch.autograd.grad(
             outputs, [self.embeddings, *self.constants], grads_out, retain_graph=True, allow_unused=True
         )
@@ -172,9 +177,13 @@ class LinearizedPrompt:
             decoders = self._decoders[layer]  # [n, n_out, d]
             total = torch.zeros(self.batch_size, idx.numel(), dtype=d_embed.dtype, device=d_embed.device)
             out_layers = range(layer, src.n_layers) if cross_layer else range(layer, layer + 1)
+            chunk = max(1, _GATHER_ELEMENTS // (self.batch_size * decoders.shape[-1]))
             for offset, out_layer in enumerate(out_layers):
-                grad_at = d_const[out_layer][:, positions]  # [B, n, d]
-                total += torch.einsum("bnd,nd->bn", grad_at, decoders[:, offset].to(grad_at.dtype))
+                for start in range(0, idx.numel(), chunk):
+                    part = slice(start, start + chunk)
+                    grad_at = d_const[out_layer][:, positions[part]]  # [B, chunk, d]
+                    decoder = decoders[part, offset].to(grad_at.dtype)
+                    total[:, part] += torch.einsum("bnd,nd->bn", grad_at, decoder)
             feature_part[:, idx] = total * src.activations[idx].to(total.dtype)
         zeroed = state.zeroed_positions
         error_part = torch.stack(
@@ -263,7 +272,7 @@ def attribute(
         visited = torch.cat([visited, batch])
         is_visited[batch] = True
 
-    return _package(
+    graph = _package(
         state=state,
         sources=sources,
         visited=visited,
@@ -278,6 +287,8 @@ def attribute(
         prompt=prompt,
         prompt_meta=prompt_meta or {},
     )
+    graph.params["backward_passes"] = linear.backward_passes
+    return graph
 
 
 def _package(

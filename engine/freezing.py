@@ -64,6 +64,18 @@ AttentionInterface.register(FROZEN_ATTENTION, _frozen_attention)
 AttentionMaskInterface.register(FROZEN_ATTENTION, eager_mask)  # additive float masks, never skipped
 
 
+def _shared_pattern_attend(pattern: Tensor, value: Tensor) -> Tensor:
+    """One pattern [H, q, k] applied to B copies' values [B, H, k, d] -> [B, q, H, d].
+
+    Folding the copies into the matrix columns keeps the pattern un-copied: broadcasting it with
+    matmul would materialise B copies of a [H, q, k] tensor, quadratic in the prompt length.
+    """
+    batch, heads, keys, dim = value.shape
+    folded = value.permute(1, 2, 0, 3).reshape(heads, keys, batch * dim)
+    output = torch.bmm(pattern, folded).view(heads, pattern.shape[1], batch, dim)
+    return output.permute(2, 1, 0, 3).contiguous()
+
+
 def _norm_eps(module: nn.Module) -> float:
     for attribute in ("variance_epsilon", "eps"):
         if hasattr(module, attribute):
@@ -103,8 +115,8 @@ class Freezer:
         self._mode: Mode | None = None
         self._patterns: dict[int, Tensor] = {}
         self._scales: dict[nn.Module, Tensor] = {}
-        norm_ids = {id(module) for module in adapter.norm_modules()}
-        self._norm_names = {module: name for name, module in model.named_modules() if id(module) in norm_ids}
+        norms = set(adapter.norm_modules())
+        self._norm_names = {module: name for name, module in model.named_modules() if module in norms}
 
     @property
     def attention_patterns(self) -> dict[int, Tensor]:
@@ -216,5 +228,7 @@ class Freezer:
                 )
             _check_batch(f"layer {layer} attention", probs, query.shape[0])
             probs = probs.to(value.dtype)
+            if probs.shape[0] == 1 and value.shape[0] > 1:
+                return _shared_pattern_attend(probs[0], value), probs
         output = torch.matmul(probs, value).transpose(1, 2).contiguous()
         return output, probs

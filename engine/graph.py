@@ -143,6 +143,9 @@ class AttributionGraph:
         }
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files private; graph files are ordinary data
         os.replace(tmp, path)
         return path
 

@@ -8,9 +8,6 @@ import typer
 from rich.console import Console
 
 from circuitbase.commands.common import fail_on, load_model_and_transcoders
-from circuitbase.engine.attribution import AttributionConfig
-from circuitbase.engine.prompts import read_prompts
-from circuitbase.engine.runner import RunSummary, iter_attribute
 
 console = Console(stderr=True)
 
@@ -31,6 +28,10 @@ def attribute_command(
     skip_bad: bool = typer.Option(False, help="Skip malformed prompt lines (listed at the end)."),
 ) -> None:
     """Compute one attribution graph per prompt and write it to OUT."""
+    from circuitbase.engine.attribution import AttributionConfig
+    from circuitbase.engine.prompts import read_prompts
+    from circuitbase.engine.runner import RunSummary, iter_attribute
+
     with fail_on(console):
         prompt_set = read_prompts(prompts, skip_bad=skip_bad)
         loaded, transcoder_set = load_model_and_transcoders(model, transcoders, device=device)

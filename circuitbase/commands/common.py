@@ -1,17 +1,24 @@
-"""Helpers shared by the command modules: error reporting and loading a model with its transcoders."""
+"""Helpers shared by the command modules: error reporting and loading a model with its transcoders.
+
+Command modules import the engine inside their functions, so `circuitbase --help` and the database
+commands start without loading torch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.console import Console
 
-from circuitbase.engine.models import LoadedModel, load_model
-from circuitbase.engine.transcoders import TranscoderSet
+if TYPE_CHECKING:
+    import torch
+
+    from circuitbase.engine.models import LoadedModel
+    from circuitbase.engine.transcoders import TranscoderSet
 
 
 @contextmanager
@@ -25,6 +32,8 @@ def fail_on(console: Console) -> Iterator[None]:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -36,6 +45,9 @@ def load_model_and_transcoders(
     model: str, transcoders: Path, *, device: str
 ) -> tuple[LoadedModel, TranscoderSet]:
     """Load the model and its transcoder set on one device, checking that their shapes agree."""
+    from circuitbase.engine.models import load_model
+    from circuitbase.engine.transcoders import TranscoderSet
+
     target = resolve_device(device)
     loaded = load_model(model, device=target)
     transcoder_set = TranscoderSet.load(transcoders, device=target)

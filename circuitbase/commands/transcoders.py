@@ -8,8 +8,6 @@ import typer
 from rich.console import Console
 
 from circuitbase.commands.common import fail_on
-from circuitbase.engine.models import load_model
-from circuitbase.engine.transcoders import TranscoderSet
 
 app = typer.Typer(
     help="Inspect transcoder sets, or write random ones in the public format.", no_args_is_help=True
@@ -29,6 +27,9 @@ def random_command(
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Write a randomly initialised transcoder set that fits MODEL (for trials before training)."""
+    from circuitbase.engine.models import load_model
+    from circuitbase.engine.transcoders import TranscoderSet
+
     with fail_on(console):
         adapter = load_model(model).adapter
         transcoders = TranscoderSet.random(
@@ -48,6 +49,8 @@ def random_command(
 @app.command("info")
 def info_command(path: Path = typer.Argument(..., help="Transcoder set directory.")) -> None:
     """Print a transcoder set's configuration."""
+    from circuitbase.engine.transcoders import TranscoderSet
+
     with fail_on(console):
         config = TranscoderSet.load(path).config
         for key, value in vars(config).items():
