@@ -24,10 +24,9 @@ from torch import nn
 
 from circuitbase.engine.adapters import ModelAdapter
 from circuitbase.engine.graph import AttributionGraph
-from circuitbase.engine.pruning import NodeKinds, normalize_rows, propagate_influence, prune
+from circuitbase.engine.pruning import NodeKinds, prune
 from circuitbase.engine.replacement import ReplacementState, build_replacement_state, hooked
 from circuitbase.engine.transcoders import TranscoderSet
-
 
 _GATHER_ELEMENTS = 1 << 25  # gradient rows gathered at once for feature sources (128 MiB in float32)
 
@@ -42,6 +41,7 @@ class AttributionConfig:
     max_feature_nodes: int | None = 4096  # feature targets visited; None = every active feature
     node_threshold: float = 0.8  # pruning keeps features/errors covering this share of influence
     edge_threshold: float = 0.98  # pruning keeps edges covering this share of edge influence
+    max_row_memory_mb: int = 4096  # cap on the stored feature rows; fewer feature nodes are visited past it
 
 
 @dataclass
@@ -194,26 +194,50 @@ class LinearizedPrompt:
         return torch.cat([feature_part, error_part.flatten(1), token_part], dim=1)
 
 
+def _feature_seeds(
+    transcoders: TranscoderSet, targets: torch.Tensor
+) -> list[tuple[str, int, int, torch.Tensor]]:
+    """Seeds for feature targets [n, 3] (layer, position, feature): their encoder rows at their MLP inputs."""
+    vectors = torch.empty(
+        targets.shape[0], transcoders.d_model, dtype=transcoders.dtype, device=targets.device
+    )
+    for layer in targets[:, 0].unique().tolist():
+        here = targets[:, 0] == layer
+        vectors[here] = transcoders.encoder_vectors(layer, targets[here, 2])
+    return [("feature", int(t[0]), int(t[1]), v) for t, v in zip(targets.tolist(), vectors, strict=True)]
+
+
+def _push(weights: torch.Tensor, rows: torch.Tensor, *, chunk: int = 1024) -> torch.Tensor:
+    """weights @ normalize_rows(rows), a block of rows at a time (no full-size normalised copy)."""
+    out = rows.new_zeros(rows.shape[1])
+    for start in range(0, rows.shape[0], chunk):
+        block = rows[start : start + chunk].abs()
+        sums = block.sum(dim=1).clamp(min=1e-12)
+        out += (weights[start : start + chunk] / sums) @ block
+    return out
+
+
 def _influence_order(
     logit_rows: torch.Tensor,
     feature_rows: torch.Tensor,
     visited: torch.Tensor,
     logit_probs: torch.Tensor,
-    sources: Sources,
     n_layers: int,
 ) -> torch.Tensor:
-    """Estimated influence on the logits of every active feature, from the rows computed so far."""
-    n_active = sources.n_active
-    n_visited = int(visited.numel())
-    rows = torch.cat([feature_rows[:n_visited], logit_rows], dim=0)
-    # nodes: sources, then logits; rows belong to visited features and to the logits
-    n_nodes = sources.n_sources + logit_rows.shape[0]
-    padded = torch.cat([rows, rows.new_zeros(rows.shape[0], logit_rows.shape[0])], dim=1)
-    row_nodes = torch.cat([visited, torch.arange(sources.n_sources, n_nodes, device=visited.device)])
-    seed = torch.zeros(n_nodes, dtype=rows.dtype, device=rows.device)
-    seed[sources.n_sources :] = logit_probs.to(rows.dtype)
-    influence = propagate_influence(normalize_rows(padded), row_nodes, seed, max_steps=n_layers + 3)
-    return influence[:n_active]
+    """Estimated influence on the logits of every source, from the rows computed so far.
+
+    Credit starts on the logits, flows down their rows, and keeps flowing down the rows of visited
+    features (the graph is acyclic, so it vanishes after at most n_layers + 1 steps).
+    """
+    current = _push(logit_probs.to(logit_rows.dtype), logit_rows)
+    total = current.clone()
+    rows = feature_rows[: visited.numel()]
+    for _ in range(n_layers + 1):
+        current = _push(current[visited], rows)
+        if float(current.abs().sum()) <= 1e-12:
+            break
+        total += current
+    return total
 
 
 def attribute(
@@ -253,21 +277,20 @@ def attribute(
         if config.max_feature_nodes is None
         else min(config.max_feature_nodes, sources.n_active)
     )
+    row_bytes = sources.n_sources * logit_rows.element_size()
+    affordable = max(config.batch_size, config.max_row_memory_mb * 2**20 // row_bytes)
+    capped = budget > affordable
+    budget = min(budget, affordable)
     feature_rows = logit_rows.new_zeros(budget, sources.n_sources)
     visited = torch.zeros(0, dtype=torch.long, device=logit_rows.device)
     is_visited = torch.zeros(sources.n_active, dtype=torch.bool, device=logit_rows.device)
     while visited.numel() < budget:
-        influence = _influence_order(logit_rows, feature_rows, visited, logit_probs, sources, n_layers)
+        influence = _influence_order(logit_rows, feature_rows, visited, logit_probs, n_layers)
+        influence = influence[: sources.n_active]
         influence[is_visited] = -1.0
         take = min(config.batch_size, budget - visited.numel())
         batch = torch.argsort(influence, descending=True, stable=True)[:take]
-        seeds = []
-        for index in batch.tolist():
-            layer, position, feature = sources.features[index].tolist()
-            vector = transcoders.encoder_vectors(
-                layer, torch.tensor([feature], device=sources.features.device)
-            )[0]
-            seeds.append(("feature", layer, position, vector))
+        seeds = _feature_seeds(transcoders, sources.features[batch])
         feature_rows[visited.numel() : visited.numel() + take] = linear.rows(seeds)
         visited = torch.cat([visited, batch])
         is_visited[batch] = True
@@ -288,6 +311,7 @@ def attribute(
         prompt_meta=prompt_meta or {},
     )
     graph.params["backward_passes"] = linear.backward_passes
+    graph.params["feature_nodes_capped_by_memory"] = capped
     return graph
 
 
