@@ -8,7 +8,7 @@ LOCK_KEY := $(shell cat requirements.lock | sha256sum | cut -c1-12)-$(shell $(PY
 VENV := $(CACHE)/venv-$(LOCK_KEY)
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench lock clean-venvs
+.PHONY: setup demo test lint bench lock clean-venvs print-bin
 
 $(VENV)/.complete: requirements.lock
 	@echo "creating $(VENV) (cached; rebuilt only when requirements.lock changes)"
@@ -46,3 +46,6 @@ lock:
 
 clean-venvs:
 	rm -rf "$(CACHE)"/venv-*
+
+print-bin:
+	@echo $(BIN)

@@ -5,7 +5,7 @@ Each command group lives in `circuitbase.commands.<name>` and is registered here
 
 import typer
 
-from circuitbase.commands import attribute, db, neo4j, transcoders
+from circuitbase.commands import analyze, attribute, db, ingest, neo4j, train, transcoders
 
 app = typer.Typer(
     help="Attribution graphs for many prompts, stored and analysed in Neo4j.",
@@ -18,6 +18,11 @@ app.add_typer(neo4j.app, name="neo4j")
 app.add_typer(db.app, name="db")
 app.command("attribute")(attribute.attribute_command)
 app.add_typer(transcoders.app, name="transcoders")
+app.command("ingest")(ingest.ingest_command)
+app.command("analyze")(analyze.analyze_command)
+app.command("compare")(analyze.compare_command)
+app.command("train-transcoders")(train.train_transcoders_command)
+app.add_typer(train.toy_app, name="toy")
 
 
 def main() -> None:

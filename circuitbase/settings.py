@@ -69,5 +69,8 @@ def open_driver(settings: Neo4jSettings | None = None) -> neo4j.Driver:
         driver.verify_connectivity()
     except (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.AuthError) as exc:
         driver.close()
-        raise SettingsError(f"cannot connect to Neo4j at {settings.uri} as {settings.user}: {exc}") from exc
+        reason = getattr(exc, "message", None) or str(exc)
+        raise SettingsError(
+            f"cannot connect to Neo4j at {settings.uri} as {settings.user}: {reason}"
+        ) from exc
     return driver

@@ -113,7 +113,11 @@ def build_rows(
     where: str,
 ) -> GraphRows:
     """Assemble GraphRows from kept nodes and edges given as node ordinals (any source format)."""
-    for name, value in (("model", model), ("transcoder set", transcoder_set), ("prompt id", prompt.get("id"))):
+    for name, value in (
+        ("model", model),
+        ("transcoder set", transcoder_set),
+        ("prompt id", prompt.get("id")),
+    ):
         if not value:
             raise IngestError(f"{where}: the graph names no {name}")
     edge_weight = np.asarray(edge_weight, dtype=np.float64)
@@ -203,7 +207,9 @@ def _node_rows(graph: AttributionGraph) -> tuple[list[NodeRow], np.ndarray]:
     rows: list[NodeRow] = []
     for i, ((layer, pos, feat), act) in enumerate(zip(selected, acts, strict=True)):
         key = feature_key(set_name, layer, feat)
-        rows.append(NodeRow("FeatureNode", f"{layer}_{feat}_{pos}", layer, pos, influence[i], act, feat, ref=key))
+        rows.append(
+            NodeRow("FeatureNode", f"{layer}_{feat}_{pos}", layer, pos, influence[i], act, feat, ref=key)
+        )
     for layer in range(graph.n_layers):
         for pos in range(n_pos):
             index = graph.error_node(layer, pos)
@@ -219,7 +225,14 @@ def _node_rows(graph: AttributionGraph) -> tuple[list[NodeRow], np.ndarray]:
         inf = influence[graph.logit_node(rank)]
         rows.append(
             NodeRow(
-                "LogitNode", node, graph.n_layers, n_pos - 1, inf, token_id=tok, probability=probs[rank], ref=ref
+                "LogitNode",
+                node,
+                graph.n_layers,
+                n_pos - 1,
+                inf,
+                token_id=tok,
+                probability=probs[rank],
+                ref=ref,
             )
         )
     keep = graph.node_mask.numpy()

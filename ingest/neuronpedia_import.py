@@ -53,7 +53,9 @@ def _node(record: dict[str, Any], *, model: str, transcoder_set: str, where: str
     common = {"node": node_id, "position": position, "influence": influence}
     if kind == "FeatureNode":
         ref = feature_key(transcoder_set, layer, index)
-        return NodeRow(kind, layer=layer, activation=record.get("activation"), feature=index, ref=ref, **common)
+        return NodeRow(
+            kind, layer=layer, activation=record.get("activation"), feature=index, ref=ref, **common
+        )
     if kind == "ErrorNode":
         return NodeRow(kind, layer=layer, **common)
     if kind == "TokenNode":

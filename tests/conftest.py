@@ -92,7 +92,8 @@ def _local_server() -> Iterator[Neo4jTestServer]:
         try:
             started = start_local_server(NEO4J_TEST_INSTANCE, layout=layout, log=lambda _line: None)
         except DbServerError as exc:
-            pytest.fail(f"the local Neo4j test instance could not be started: {exc}", pytrace=False)
+            message = f"the local Neo4j test instance could not be started: {exc}"
+            raise pytest.fail.Exception(message, pytrace=False) from None
         settings = local_instance_settings(name=NEO4J_TEST_INSTANCE.name, cache_dir=layout.root)
         try:
             yield Neo4jTestServer(settings=settings, source="local", layout=layout, config=started.config)

@@ -33,18 +33,18 @@ def test_louvain_splits_two_cliques_joined_by_one_edge(gds: GraphDataScience) ->
     cliques = [["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"]]
     edges = [[c[i], c[j]] for c in cliques for i in range(4) for j in range(i + 1, 4)] + [["a3", "b0"]]
     gds.run_cypher(
-        "UNWIND $names AS name CREATE (:Feature {name: name})",
+        "UNWIND $names AS name CREATE (:Member {name: name})",
         params={"names": [name for clique in cliques for name in clique]},
     )
     gds.run_cypher(
-        "UNWIND $edges AS e MATCH (s:Feature {name: e[0]}), (t:Feature {name: e[1]}) CREATE (s)-[:LINK]->(t)",
+        "UNWIND $edges AS e MATCH (s:Member {name: e[0]}), (t:Member {name: e[1]}) CREATE (s)-[:LINK]->(t)",
         params={"edges": edges},
     )
-    graph, projected = gds.graph.project.native("cliques", "Feature", {"LINK": {"orientation": "UNDIRECTED"}})
+    graph, projected = gds.graph.project.native("cliques", "Member", {"LINK": {"orientation": "UNDIRECTED"}})
     assert (projected.node_count, projected.relationship_count) == (8, 26)
 
     communities = gds.louvain.stream(graph)
-    names = _names_by_node_id(gds, "Feature")
+    names = _names_by_node_id(gds, "Member")
     groups: dict[int, set[str]] = {}
     for node_id, community in zip(communities["nodeId"], communities["communityId"], strict=True):
         groups.setdefault(community, set()).add(names[node_id])

@@ -120,7 +120,10 @@ def test_broken_install_is_detected_and_redone(neo4j_server: Neo4jTestServer, tm
     messages: list[str] = []
     result = install(layout=scratch, versions=versions, log=messages.append)
     assert result.assembled
-    assert messages == [f"install at {broken} is incomplete: {MARKER_FILE} is missing; reinstalling"]
+    assert messages == [
+        f"install at {broken} is incomplete: {MARKER_FILE} is missing; reinstalling",
+        f"resolving {versions} through Maven into {broken} ...",
+    ]
     redone = verify_installation(broken, versions=versions)
     original = verify_installation(layout.install_dir(versions), versions=versions)
     assert (redone.jar_count, redone.size_bytes) == (original.jar_count, original.size_bytes)

@@ -26,6 +26,9 @@ class Neo4jVersions:
     gds: str = "2.13.9"
     browser: str = "5.24.0"
 
+    def __str__(self) -> str:
+        return f"Neo4j {self.neo4j} + GDS {self.gds} (Browser {self.browser})"
+
     @property
     def key(self) -> str:
         """Directory name of the install for this pair, e.g. `5.26.24-gds2.13.9`."""

@@ -137,7 +137,7 @@ def _assemble(work: Path, *, versions: Neo4jVersions, maven_repo: Path) -> None:
     if proc.returncode != 0:
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         errors = [line for line in lines if "ERROR" in line] or lines
-        raise DbServerError(f"Maven could not resolve {versions}: " + " | ".join(errors[:3])[:600])
+        raise DbServerError(f"Maven could not resolve {versions}: {errors[0][:500]}")
     shutil.rmtree(work / "target", ignore_errors=True)
     files = {jar.relative_to(work).as_posix(): _sha256(jar) for jar in _jars(work)}
     if not any(name.startswith("plugins/opengds-extension-") for name in files):
@@ -167,6 +167,7 @@ def install(
                 return InstallResult(installation, assembled=False, seconds=time.monotonic() - began)
             except DbServerError as exc:
                 log(f"{exc}; reinstalling")
+        log(f"resolving {versions} through Maven into {target} ...")
         work = Path(tempfile.mkdtemp(prefix=f".{versions.key}.tmp-", dir=target.parent))
         try:
             _assemble(work, versions=versions, maven_repo=layout.maven_repo)

@@ -1,0 +1,1 @@
+"""circuitbase.analysis: recurring mechanisms across many attribution graphs (Cypher + Neo4j GDS)."""

@@ -1,0 +1,87 @@
+"""`analyze`: run the analysis steps in order, with a progress display, and summarise what each wrote.
+
+Every step replaces its own earlier results (delete-and-rewrite) and records its parameters on its
+`(:AnalysisRun {id: step})` node, so running twice leaves one set of results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import neo4j
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from circuitbase.analysis.communities import CommunityConfig, find_supernodes
+from circuitbase.analysis.gds import AnalysisError
+from circuitbase.analysis.hubs import HubConfig, find_hubs
+from circuitbase.analysis.similarity import SimilarityConfig, find_similar_graphs
+from circuitbase.analysis.subcircuits import SubcircuitConfig, mine_subcircuits
+
+STEPS = ("communities", "subcircuits", "similarity", "hubs")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The settings of every step (each defaults to its own config's defaults)."""
+
+    communities: CommunityConfig = field(default_factory=CommunityConfig)
+    subcircuits: SubcircuitConfig = field(default_factory=SubcircuitConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    hubs: HubConfig = field(default_factory=HubConfig)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: str
+    seconds: float
+    summary: dict[str, Any]
+
+
+def resolve_steps(step: str) -> list[str]:
+    """`all` -> every step in order; otherwise the one named step."""
+    if step == "all":
+        return list(STEPS)
+    if step not in STEPS:
+        raise AnalysisError(f"unknown analysis step {step!r}; choose one of {', '.join(('all', *STEPS))}")
+    return [step]
+
+
+def run_step(driver: neo4j.Driver, step: str, *, config: AnalysisConfig, database: str) -> dict[str, Any]:
+    """Run one step with its settings from `config`; returns its summary."""
+    if step == "communities":
+        return find_supernodes(driver, config=config.communities, database=database)
+    if step == "subcircuits":
+        return mine_subcircuits(driver, config=config.subcircuits, database=database)
+    if step == "similarity":
+        return find_similar_graphs(driver, config=config.similarity, database=database)
+    if step == "hubs":
+        return find_hubs(driver, config=config.hubs, database=database)
+    raise AnalysisError(f"unknown analysis step {step!r}; choose from {', '.join(STEPS)}")
+
+
+def run_analysis(
+    driver: neo4j.Driver,
+    *,
+    steps: Sequence[str] = STEPS,
+    config: AnalysisConfig | None = None,
+    database: str = "neo4j",
+    show_progress: bool = False,
+) -> list[StepResult]:
+    """Run `steps` (default all, in STEPS order) and return each one's summary and seconds."""
+    config = config or AnalysisConfig()
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise AnalysisError(f"unknown analysis steps {unknown}; choose from {', '.join(STEPS)}")
+    results: list[StepResult] = []
+    columns = (SpinnerColumn(), TextColumn("[bold]analyze[/bold] {task.description}"), TimeElapsedColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        for step in steps:
+            task = progress.add_task(step, total=1)
+            started = time.perf_counter()
+            summary = run_step(driver, step, config=config, database=database)
+            results.append(StepResult(step, time.perf_counter() - started, summary))
+            progress.update(task, completed=1, description=f"{step} done")
+    return results

@@ -1,0 +1,180 @@
+"""Online ingest throughput: graphs/s, relationships/s and store bytes per graph for synthetic graphs.
+
+Shape (defaults; flags change them): a pruned graph of a 26-layer model over a 12-token prompt keeps
+~1,000 nodes (900 features, 80 error nodes, 12 tokens, 10 logits) and 20,000 edges, about what
+circuit-tracer's default pruning (node 0.8, edge 0.98) leaves for Gemma-2-2B-sized graphs. Features
+come from a 16,384-feature-per-layer dictionary with Zipf-like popularity, so graphs share features
+the way real prompts do and the aggregated ATTRIBUTES graph sees both MERGE hits and creations.
+
+The graphs go through the real path (AttributionGraph -> rows_from_graph -> write_graph, one
+transaction per graph). The bench runs its own local Neo4j instance "bench" (wiped at start, stopped
+at the end if it started it), or the server in CIRCUITBASE_NEO4J_URI when `--wipe` allows wiping it.
+
+    python bench/ingest.py                 # 25 graphs, under ~2 minutes on 2 CPU cores
+    python bench/ingest.py --graphs 200 --edges 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from circuitbase.dbserver.config import InstanceConfig, Layout
+from circuitbase.dbserver.server import start, status, stop
+from circuitbase.engine.graph import AttributionGraph
+from circuitbase.ingest.jobs import JobRecord
+from circuitbase.ingest.model import rows_from_graph
+from circuitbase.ingest.schema import apply_schema
+from circuitbase.ingest.writer import write_graph
+from circuitbase.settings import URI_ENV, load_neo4j_settings, local_instance_settings, open_driver
+
+BENCH_INSTANCE = InstanceConfig(name="bench", bolt_port=7699, http_port=7486, heap="1g", pagecache="512m")
+
+
+def synthetic_graph(
+    rng: np.random.Generator,
+    index: int,
+    *,
+    layers: int,
+    positions: int,
+    features: int,
+    errors: int,
+    edges: int,
+) -> AttributionGraph:
+    """A pruned-graph-shaped AttributionGraph: every feature/token/logit kept, `errors` error nodes kept."""
+    n_logits, dictionary = 10, 16_384
+    keys: set[tuple[int, int, int]] = set()
+    while len(keys) < features:
+        layer = int(rng.integers(layers))
+        keys.add((layer, int(rng.integers(positions)), int(rng.zipf(1.3) - 1) % dictionary))
+    active = torch.tensor(sorted(keys), dtype=torch.long)
+    n_err = layers * positions
+    n_nodes = features + n_err + positions + n_logits
+    mask = torch.ones(n_nodes, dtype=torch.bool)
+    mask[features : features + n_err] = False
+    mask[features + torch.from_numpy(rng.choice(n_err, size=min(errors, n_err), replace=False))] = True
+    kept = mask.nonzero().squeeze(1).numpy()
+    targets = np.concatenate([kept[kept < features], np.arange(n_nodes - n_logits, n_nodes)])
+    sources = kept[kept < n_nodes - n_logits]
+    pairs = np.unique(
+        rng.integers(len(targets), size=3 * edges) * n_nodes + rng.integers(len(sources), size=3 * edges)
+    )
+    pairs = rng.permutation(pairs)[:edges]
+    indices = torch.from_numpy(np.stack([targets[pairs // n_nodes], sources[pairs % n_nodes]]))
+    weights = torch.from_numpy(rng.normal(size=indices.shape[1]).astype(np.float32))
+    adjacency = torch.sparse_coo_tensor(
+        indices, weights, (n_nodes, n_nodes), check_invariants=True
+    ).coalesce()
+    input_ids = rng.integers(50_000, size=positions).tolist()
+    return AttributionGraph(
+        prompt=f"synthetic prompt {index}",
+        input_ids=input_ids,
+        input_tokens=[f"t{t}" for t in input_ids],
+        model_name="bench-model",
+        transcoder_name="bench-transcoders",
+        n_layers=layers,
+        active_features=active,
+        activations=torch.rand(features),
+        selected_features=torch.arange(features),
+        logit_tokens=torch.from_numpy(rng.choice(50_000, size=n_logits, replace=False)),
+        logit_probs=torch.full((n_logits,), 0.09),
+        adjacency=adjacency,
+        node_influence=torch.rand(n_nodes),
+        node_mask=mask,
+        edge_mask=torch.ones(adjacency._nnz(), dtype=torch.bool),
+        replacement_score=0.7,
+        completeness_score=0.9,
+        prompt_meta={"id": f"bench-{index:05d}"},
+    )
+
+
+def store_bytes(root: Path | None) -> int:
+    """Bytes of the database's store files (transaction logs excluded); 0 without a local instance."""
+    if root is None:
+        return 0
+    store = root / "data" / "databases" / "neo4j"
+    return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--graphs", type=int, default=25, help="graphs timed, after one warm-up (default 25)")
+    parser.add_argument("--features", type=int, default=900, help="feature nodes per graph (default 900)")
+    parser.add_argument("--errors", type=int, default=80, help="kept error nodes per graph (default 80)")
+    parser.add_argument("--edges", type=int, default=20_000, help="pruned edges per graph (default 20,000)")
+    parser.add_argument("--layers", type=int, default=26)
+    parser.add_argument("--positions", type=int, default=12)
+    parser.add_argument("--wipe", action="store_true", help=f"allow wiping the server in {URI_ENV}")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    shape = {k: getattr(args, k) for k in ("layers", "positions", "features", "errors", "edges")}
+    warmup, *graphs = [synthetic_graph(rng, i, **shape) for i in range(args.graphs + 1)]
+    started, root = None, None
+    if os.environ.get(URI_ENV):
+        if not args.wipe:
+            raise SystemExit(f"the bench wipes its database: pass --wipe to use the server in {URI_ENV}")
+        settings = load_neo4j_settings()
+    else:
+        layout = Layout.resolve()
+        root = layout.instance_dir(BENCH_INSTANCE.name)
+        if not status(
+            BENCH_INSTANCE.name, layout=layout
+        ).running:  # fresh store files, so sizes are the bench's
+            for sub in ("databases", "transactions"):
+                shutil.rmtree(root / "data" / sub / "neo4j", ignore_errors=True)
+        started = start(BENCH_INSTANCE, layout=layout, log=lambda _line: None)
+        settings = local_instance_settings(name=BENCH_INSTANCE.name, cache_dir=layout.root)
+    try:
+        with open_driver(settings) as driver:
+            with driver.session(database=settings.database) as session:  # IN TRANSACTIONS needs auto-commit
+                session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+            apply_schema(driver, database=settings.database)
+            job = JobRecord(driver, database=settings.database).start({"mode": "bench"})
+            write_graph(driver, rows_from_graph(warmup), database=settings.database)  # JIT, query plans
+            before = store_bytes(root)
+            t0 = time.perf_counter()
+            rows = [rows_from_graph(g) for g in graphs]
+            t_rows = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            results = [write_graph(driver, r, job=job.id, database=settings.database) for r in rows]
+            t_write = time.perf_counter() - t1
+            job.finish("finished")
+            records, _, _ = driver.execute_query("MATCH ()-[e:ATTRIBUTES]->() RETURN count(e) AS n")
+            aggregated = records[0]["n"]
+    finally:
+        if started is not None and not started.already_running:
+            stop(BENCH_INSTANCE.name, layout=Layout.resolve())  # checkpoints: store files now hold all
+    after = store_bytes(root)
+
+    rels = sum(r.relationships_created for r in results)
+    nodes = sum(r.nodes_created for r in results)
+    edges = sum(r.n_edges for r in rows)
+    print(f"shape: {shape}; {args.graphs} graphs, {edges:,} EDGE, {aggregated:,} ATTRIBUTES after load")
+    header = (
+        ("graphs/s", 10),
+        ("rels/s", 12),
+        ("nodes/s", 10),
+        ("rows s", 9),
+        ("write s", 9),
+        ("MB/graph", 10),
+    )
+    print(f"{'path':<10}" + "".join(f"{name:>{width}}" for name, width in header))
+    mb = (after - before) / args.graphs / 1e6 if root is not None else float("nan")
+    print(
+        f"{'online':<10}{args.graphs / t_write:>10.2f}{rels / t_write:>12,.0f}{nodes / t_write:>10,.0f}"
+        f"{t_rows:>9.1f}{t_write:>9.1f}{mb:>10.2f}"
+    )
+    print("bulk: not implemented (see cypher/README.md)")
+
+
+if __name__ == "__main__":
+    main()

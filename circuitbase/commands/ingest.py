@@ -1,0 +1,140 @@
+"""`circuitbase ingest`: load attribution graphs into Neo4j, computing them first when given prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from circuitbase.commands.common import fail_on, load_model_and_transcoders
+
+if TYPE_CHECKING:
+    from circuitbase.ingest.loader import IngestSummary
+
+console = Console(stderr=True)
+
+
+def transcoder_set_name(spec: str) -> str:
+    """The set name of a transcoder folder (config.yaml `scan`, else the folder name), or `spec` itself."""
+    config = Path(spec) / "config.yaml"
+    if not config.is_file():
+        return spec
+    raw = yaml.safe_load(config.read_text())
+    scan = raw.get("scan") if isinstance(raw, dict) else None
+    return scan if isinstance(scan, str) else Path(spec).name
+
+
+def _print_summary(summary: IngestSummary) -> None:
+    table = Table(title=f"ingest job {summary.job_id}: {summary.status}")
+    for column in (
+        "graphs loaded",
+        "skipped",
+        "bad",
+        "nodes",
+        "relationships",
+        "seconds",
+        "graphs/s",
+        "rows/s",
+    ):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(summary.loaded),
+        str(summary.skipped),
+        str(len(summary.bad)),
+        f"{summary.nodes:,}",
+        f"{summary.relationships:,}",
+        f"{summary.seconds:.1f}",
+        f"{summary.graphs_per_second:.2f}",
+        f"{summary.rows_per_second:,.0f}",
+    )
+    console.print(table)
+    for line in summary.bad:
+        console.print(f"[yellow]skipped[/yellow] {line}")
+
+
+def ingest_command(
+    prompts: Path | None = typer.Argument(
+        None, help="Prompt file to attribute and load (.jsonl, .csv or text); or use --graphs."
+    ),
+    graphs: Path | None = typer.Option(
+        None, help="Load the graph files (.safetensors, Neuronpedia .json) of this directory instead."
+    ),
+    model: str | None = typer.Option(
+        None, help="Model to attribute with ('smollm2', a model dir, a .gguf); with --graphs: expected name."
+    ),
+    transcoders: str | None = typer.Option(
+        None, help="Transcoder set directory; with --graphs: a directory or set name every graph must use."
+    ),
+    graphs_out: Path = typer.Option(Path("graphs"), help="Where attribution writes graph files."),
+    device: str = typer.Option("auto", help="'auto' (cuda when present), 'cpu' or 'cuda'."),
+    batch_size: int = typer.Option(64, help="Targets per backward pass."),
+    max_feature_nodes: int = typer.Option(4096, help="Feature targets visited per prompt (0 = all)."),
+    node_threshold: float = typer.Option(0.8, help="Pruning: share of influence the kept nodes cover."),
+    edge_threshold: float = typer.Option(0.98, help="Pruning: share of edge influence the kept edges cover."),
+    queue_size: int = typer.Option(8, help="Graphs attribution may run ahead of the database writer."),
+    skip_bad: bool = typer.Option(False, help="Go on past bad prompts/graph files and list them at the end."),
+    instance: str = typer.Option(
+        "default", help="Local Neo4j instance used when CIRCUITBASE_NEO4J_URI is unset."
+    ),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Load attribution graphs into Neo4j as one resumable job (complete graphs are skipped)."""
+    from circuitbase.ingest.loader import IngestConfig, graph_files, ingest_files
+    from circuitbase.ingest.schema import apply_schema
+    from circuitbase.settings import load_neo4j_settings, open_driver
+
+    if (prompts is None) == (graphs is None):
+        console.print("[red]error:[/red] give either a PROMPTS file or --graphs DIR (not both)")
+        raise typer.Exit(2)
+    with fail_on(console):
+        settings = load_neo4j_settings(instance=instance)
+        config = IngestConfig(
+            model=None if prompts is not None else model,
+            transcoder_set=None
+            if prompts is not None or transcoders is None
+            else transcoder_set_name(transcoders),
+            skip_bad=skip_bad,
+            database=settings.database,
+        )
+        if graphs is not None:
+            files = graph_files(graphs)
+            with open_driver(settings) as driver:
+                apply_schema(driver, database=settings.database)
+                summary = ingest_files(
+                    driver, files, config=config, show_progress=progress, parameters={"graphs": str(graphs)}
+                )
+        else:
+            from circuitbase.engine.attribution import AttributionConfig
+            from circuitbase.engine.prompts import read_prompts
+            from circuitbase.ingest.pipeline import ingest_prompts
+
+            if model is None or transcoders is None:
+                raise ValueError("attributing prompts needs --model and --transcoders")
+            assert prompts is not None
+            prompt_set = read_prompts(prompts, skip_bad=skip_bad)
+            loaded, transcoder_set = load_model_and_transcoders(model, Path(transcoders), device=device)
+            attribution = AttributionConfig(
+                batch_size=batch_size,
+                max_feature_nodes=max_feature_nodes or None,
+                node_threshold=node_threshold,
+                edge_threshold=edge_threshold,
+            )
+            with open_driver(settings) as driver:
+                apply_schema(driver, database=settings.database)
+                summary = ingest_prompts(
+                    driver,
+                    loaded,
+                    transcoder_set,
+                    prompt_set.prompts,
+                    graphs_out,
+                    attribution=attribution,
+                    config=config,
+                    queue_size=queue_size,
+                    rejected=prompt_set.rejected,
+                    show_progress=progress,
+                )
+        _print_summary(summary)

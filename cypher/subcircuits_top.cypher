@@ -1,0 +1,9 @@
+// The top-ranked recurring subcircuits written by `circuitbase analyze --step subcircuits`, with their
+// edges (parallel lists `sources` -> `targets` of Feature/Token keys), support and influence.
+//
+// :param limit => 20
+MATCH (s:Subcircuit)
+RETURN s.key AS key, s.rank AS rank, s.support AS support, s.support_fraction AS support_fraction,
+       s.influence AS influence, s.weight AS weight, s.sources AS sources, s.targets AS targets
+ORDER BY s.rank
+LIMIT $limit

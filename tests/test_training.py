@@ -1,0 +1,144 @@
+"""Transcoder training on a tiny random Llama and a small word corpus (seconds each)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitbase.engine.adapters import adapter_for
+from circuitbase.engine.corpus import CorpusError, iter_texts
+from circuitbase.engine.training import TrainConfig, TrainingError, capture, checkpoint_dir, train_transcoders
+from circuitbase.engine.transcoders import TranscoderSet
+from tests.tiny_models import tiny_model, tiny_tokenizer
+
+BASE = TrainConfig(
+    d_transcoder=128,
+    k=8,
+    total_tokens=40 * 256,
+    batch_tokens=256,
+    lr=3e-2,
+    warmup_steps=5,
+    context_length=24,
+    texts_per_forward=16,
+    buffer_tokens=2048,
+    eval_tokens=1000,
+    dead_after_tokens=2000,
+    checkpoint_every=0,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(40)]  # a small vocabulary, so the activations have structure
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(" ".join(rng.choices(words, k=20)) for _ in range(300)) + "\n")
+    return path
+
+
+def _train(model, tokenizer, corpus: Path, out: Path, config: TrainConfig, **kwargs) -> dict:
+    return train_transcoders(model, tokenizer, corpus=corpus, out_dir=out, config=config, **kwargs)
+
+
+def test_topk_training_reduces_loss_and_keeps_k_active(
+    model, tokenizer, corpus: Path, tmp_path: Path
+) -> None:
+    metrics = _train(model, tokenizer, corpus, tmp_path, BASE)
+    history = metrics["history"]
+    assert history[-1][1] < 0.8 * history[0][1]
+    transcoders = TranscoderSet.load(tmp_path)
+    assert transcoders.config.activation == "topk" and transcoders.config.k == 8 and transcoders.has_skip
+    ids = [tokenizer(line).input_ids for line in list(iter_texts(corpus))[:8]]
+    acts = capture(model, adapter_for(model), ids, bos_id=None)
+    for layer in range(transcoders.n_layers):
+        active = (transcoders.encode(layer, acts[:, layer, 0]) > 0).sum(-1)
+        assert int(active.max()) == 8 and float(active.float().mean()) > 7.5
+    for layer_metrics in metrics["layers"]:
+        assert layer_metrics["fvu"] < 0.8 and layer_metrics["l0"] == pytest.approx(8, abs=0.5)
+        assert 0.0 <= layer_metrics["dead_fraction"] <= 1.0
+    replacement = metrics["replacement"]
+    assert replacement["tokens"] > 0 and replacement["kl"] >= 0.0
+    assert (tmp_path / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(("kind", "activation"), [("plt", "jumprelu"), ("plt", "relu"), ("clt", "topk")])
+def test_saved_set_reproduces_the_trained_reconstruction(
+    model, tokenizer, corpus: Path, tmp_path: Path, kind: str, activation: str
+) -> None:
+    config = replace(BASE, kind=kind, activation=activation, total_tokens=20 * 256, l1_coefficient=1e-4)
+    metrics = _train(model, tokenizer, corpus, tmp_path, config)
+    transcoders = TranscoderSet.load(tmp_path)
+    assert transcoders.cross_layer == (kind == "clt") and transcoders.config.activation == activation
+    ids = [tokenizer(line).input_ids for line in list(iter_texts(corpus))[19::20][:30]]
+    acts = capture(model, adapter_for(model), ids, bos_id=None)
+    recon = transcoders.reconstruct([acts[:, i, 0] for i in range(transcoders.n_layers)])
+    for layer, out in enumerate(recon):
+        target = acts[:, layer, 1]
+        fvu = float((target - out).pow(2).sum() / (target - target.mean(0)).pow(2).sum())
+        assert fvu == pytest.approx(metrics["layers"][layer]["fvu"], rel=0.05)
+        assert fvu < 1.0
+
+
+def test_resume_is_bit_identical(model, tokenizer, corpus: Path, tmp_path: Path) -> None:
+    config = replace(BASE, total_tokens=20 * 256, checkpoint_every=10, keep_checkpoints=5)
+    straight = tmp_path / "straight"
+    _train(model, tokenizer, corpus, straight, config)
+    checkpoints = sorted(checkpoint_dir(straight).glob("step_*.pt"))
+    assert [p.name for p in checkpoints] == ["step_000000010.pt", "step_000000020.pt"]
+    resumed = tmp_path / "resumed"
+    checkpoint_dir(resumed).mkdir(parents=True)
+    (checkpoint_dir(resumed) / checkpoints[0].name).write_bytes(checkpoints[0].read_bytes())
+    _train(model, tokenizer, corpus, resumed, config, resume=True)
+    a, b = TranscoderSet.load(straight), TranscoderSet.load(resumed)
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[name]), name
+    with pytest.raises(TrainingError, match="already has checkpoints"):
+        _train(model, tokenizer, corpus, resumed, config)
+    with pytest.raises(TrainingError, match="other settings"):
+        _train(model, tokenizer, corpus, resumed, replace(config, lr=1e-3), resume=True)
+
+
+def test_empty_corpus_is_a_clear_error(model, tokenizer, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(CorpusError, match="contains no text"):
+        _train(model, tokenizer, empty, tmp_path / "out", BASE)
+    with pytest.raises(CorpusError, match="does not exist"):
+        _train(model, tokenizer, tmp_path / "missing", tmp_path / "out", BASE)
+    short = tmp_path / "short.txt"
+    short.write_text("w1 w2 w3\n" * 5)
+    with pytest.raises(TrainingError, match="no held-out texts"):
+        _train(model, tokenizer, short, tmp_path / "out", BASE)
+    assert not (tmp_path / "out").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "w1 w2"}\n{"body": 3}\n')
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: needs a string field"):
+        list(iter_texts(bad))
+
+
+def test_non_finite_loss_stops_with_the_last_checkpoint_intact(
+    model, tokenizer, corpus: Path, tmp_path: Path
+) -> None:
+    config = replace(BASE, lr=1e30, warmup_steps=1, checkpoint_every=1, activation="relu")
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 1.*step_000000001\.pt"):
+        _train(model, tokenizer, corpus, tmp_path / "out", config)
+    (checkpoint,) = checkpoint_dir(tmp_path / "out").glob("step_*.pt")
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["step"] == 1
+    assert all(torch.isfinite(t).all() for t in state["transcoders"].values())
+    assert not (tmp_path / "out").exists()
