@@ -7,8 +7,9 @@ do; its support is the number of those graphs. S recurs when support >= k = max(
 ceil(`min_support_fraction` * complete graphs)). The miner reports *closed* recurring subcircuits: adding
 any adjacent recurring edge would lose at least one of S's graphs.
 
-1. Stream the recurring edges (support >= k) with their graphs and per-graph weights from Cypher
-   (`recurring_edges.cypher`); each edge's graphs become a bitset.
+1. Candidates: aggregated ATTRIBUTES edges seen in >= k graphs (an upper bound of the support). Check
+   them in batches (`recurring_edges.cypher`, bounded transaction memory) and stream back the recurring
+   edges (support >= k) with their graphs and per-graph weights; each edge's graphs become a bitset.
 2. Seeds: every recurring edge, and every pair of recurring edges sharing a node whose common graphs
    still number >= k (at most `max_pairs` pairs, strongest first).
 3. Close each seed: repeatedly add every adjacent recurring edge whose graphs include all of the seed's
@@ -123,23 +124,32 @@ class Subcircuit:
 
 
 def stream_recurring_edges(
-    driver: neo4j.Driver, *, min_weight: float, min_support: int, database: str = "neo4j"
+    driver: neo4j.Driver, *, min_weight: float, min_support: int, batch: int = 500, database: str = "neo4j"
 ) -> RecurringEdges:
-    """Read the recurring edges record by record (never the whole result at once)."""
+    """The recurring edges, checked `batch` candidate pairs per query (bounded server memory), each
+    record turned into a bitset as it arrives."""
     out = RecurringEdges()
     ordinal: dict[str, int] = {}
     with driver.session(database=database, default_access_mode=neo4j.READ_ACCESS) as session:
-        result = session.run(load_query("recurring_edges"), min_weight=min_weight, min_support=min_support)
-        for record in result:
-            bits, weights = 0, {}
-            for graph, weight in zip(record["graphs"], record["weights"], strict=True):
-                i = ordinal.setdefault(graph, len(ordinal))
-                bits |= 1 << i
-                weights[i] = float(weight)
-            out.sources.append(record["source"])
-            out.targets.append(record["target"])
-            out.graphs.append(bits)
-            out.weights.append(weights)
+        candidates = session.run(load_query("recurring_candidates"), min_support=min_support)
+        pairs = [[record["source"], record["target"]] for record in candidates]
+        for start in range(0, len(pairs), max(1, batch)):
+            result = session.run(
+                load_query("recurring_edges"),
+                pairs=pairs[start : start + batch],
+                min_weight=min_weight,
+                min_support=min_support,
+            )
+            for record in result:
+                bits, weights = 0, {}
+                for graph, weight in zip(record["graphs"], record["weights"], strict=True):
+                    i = ordinal.setdefault(graph, len(ordinal))
+                    bits |= 1 << i
+                    weights[i] = float(weight)
+                out.sources.append(record["source"])
+                out.targets.append(record["target"])
+                out.graphs.append(bits)
+                out.weights.append(weights)
     out.graph_ids = list(ordinal)
     return out
 

@@ -95,7 +95,7 @@ def main() -> None:
             row: dict[str, Any] = {
                 "graphs": stage,
                 "edges": edges,
-                "load s": load_s / (stage - loaded) * 1000,
+                "load ms/graph": load_s / (stage - loaded) * 1000,
             }
             loaded = stage
             for step in STEPS:
@@ -107,7 +107,7 @@ def main() -> None:
             console.print(row)
     table = Table(title="analysis steps (seconds) and GDS memory (MiB, estimate max / projection size)")
     for column in rows[0]:
-        table.add_column("load ms/graph" if column == "load s" else column, justify="right")
+        table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
             *(

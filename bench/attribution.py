@@ -130,25 +130,29 @@ import json, resource, sys, time, torch
 from circuit_tracer import ReplacementModel, attribute
 from transformers import AutoTokenizer
 fixtures, length, batch, paragraph = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+settings = dict(max_feature_nodes=int(sys.argv[5]), batch_size=int(sys.argv[6]), verbose=False)
 model = ReplacementModel.from_pretrained(fixtures + "/tiny-llama", fixtures + "/plt-jumprelu-skip",
                                          backend="nnsight", device=torch.device("cpu"), dtype=torch.float32)
 tok = AutoTokenizer.from_pretrained(fixtures + "/tiny-llama")
 def ids(offset):
     body = tok(paragraph * (2 + length // 40), add_special_tokens=False).input_ids[offset % 20:][: length - 1]
     return torch.tensor([tok.bos_token_id, *body])
-start = time.perf_counter(); attribute(ids(0), model, verbose=False); first = time.perf_counter() - start
+start = time.perf_counter(); attribute(ids(0), model, **settings); first = time.perf_counter() - start
 start = time.perf_counter()
 for offset in range(1, batch + 1):
-    attribute(ids(offset), model, verbose=False)
+    attribute(ids(offset), model, **settings)
 seconds = time.perf_counter() - start
 print(json.dumps({"s_per_graph": seconds / batch if batch else first, "first_graph_s": first,
                   "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run_circuit_tracer(python: str, length: int, batch: int) -> dict | None:
+def run_circuit_tracer(
+    python: str, length: int, batch: int, max_feature_nodes: int, batch_size: int
+) -> dict | None:
     proc = subprocess.run(
-        [python, "-c", CIRCUIT_TRACER_CASE, str(FIXTURES), str(length), str(batch), PARAGRAPH],
+        [python, "-c", CIRCUIT_TRACER_CASE, str(FIXTURES), str(length), str(batch), PARAGRAPH,
+         str(max_feature_nodes), str(batch_size)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -158,7 +162,9 @@ def run_circuit_tracer(python: str, length: int, batch: int) -> dict | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["tiny-llama", "smollm2"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[16, 64, 256, 1024])
     parser.add_argument("--device", default="cpu")
@@ -200,7 +206,9 @@ def main() -> None:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
             if args.compare and model == "tiny-llama" and args.circuit_tracer_python:
-                reference = run_circuit_tracer(args.circuit_tracer_python, length, batch)
+                reference = run_circuit_tracer(
+                    args.circuit_tracer_python, length, batch, args.max_feature_nodes, args.batch_size
+                )
                 if reference:
                     row["circuit_tracer_s"] = reference["s_per_graph"]
                     row["speedup_vs_circuit_tracer"] = reference["s_per_graph"] / row["s_per_graph"]

@@ -1,4 +1,4 @@
-"""Online ingest throughput: graphs/s, relationships/s and store bytes per graph for synthetic graphs.
+"""Ingest throughput, online vs bulk: graphs/s, relationships/s and store bytes per graph, synthetic graphs.
 
 Shape (defaults; flags change them): a pruned graph of a 26-layer model over a 12-token prompt keeps
 ~1,000 nodes (900 features, 80 error nodes, 12 tokens, 10 logits) and 20,000 edges, about what
@@ -6,11 +6,13 @@ circuit-tracer's default pruning (node 0.8, edge 0.98) leaves for Gemma-2-2B-siz
 come from a 16,384-feature-per-layer dictionary with Zipf-like popularity, so graphs share features
 the way real prompts do and the aggregated ATTRIBUTES graph sees both MERGE hits and creations.
 
-The graphs go through the real path (AttributionGraph -> rows_from_graph -> write_graph, one
-transaction per graph). The bench runs its own local Neo4j instance "bench" (wiped at start, stopped
-at the end if it started it), or the server in CIRCUITBASE_NEO4J_URI when `--wipe` allows wiping it.
+Online: the real path (AttributionGraph -> rows_from_graph -> write_graph, one transaction per graph),
+timed from ready rows. Bulk: the same graphs saved as files, then `ingest.bulk.bulk_import_files`
+(read files -> CSV -> stop, neo4j-admin import, start -> schema + job), timed end to end; the
+importer alone is shown too. The bench runs its own local Neo4j instance "bench" (wiped first,
+stopped at the end); with CIRCUITBASE_NEO4J_URI and `--wipe` it times the online path there only.
 
-    python bench/ingest.py                 # 25 graphs, under ~2 minutes on 2 CPU cores
+    python bench/ingest.py                 # 25 graphs, ~3 minutes on 2 CPU cores
     python bench/ingest.py --graphs 200 --edges 50000
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,13 +29,20 @@ import numpy as np
 import torch
 
 from circuitbase.dbserver.config import InstanceConfig, Layout
-from circuitbase.dbserver.server import start, status, stop
+from circuitbase.dbserver.server import start, stop
 from circuitbase.engine.graph import AttributionGraph
+from circuitbase.ingest.bulk import bulk_import_files
 from circuitbase.ingest.jobs import JobRecord
 from circuitbase.ingest.model import rows_from_graph
 from circuitbase.ingest.schema import apply_schema
 from circuitbase.ingest.writer import write_graph
-from circuitbase.settings import URI_ENV, load_neo4j_settings, local_instance_settings, open_driver
+from circuitbase.settings import (
+    URI_ENV,
+    Neo4jSettings,
+    load_neo4j_settings,
+    local_instance_settings,
+    open_driver,
+)
 
 BENCH_INSTANCE = InstanceConfig(name="bench", bolt_port=7699, http_port=7486, heap="1g", pagecache="512m")
 
@@ -102,6 +112,52 @@ def store_bytes(root: Path | None) -> int:
     return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
 
 
+def fresh_instance(layout: Layout) -> Path:
+    """Stop the bench instance, delete its database (so store sizes are the bench's), start it."""
+    root = layout.instance_dir(BENCH_INSTANCE.name)
+    stop(BENCH_INSTANCE.name, layout=layout)
+    for sub in ("databases", "transactions"):
+        shutil.rmtree(root / "data" / sub / "neo4j", ignore_errors=True)
+    start(BENCH_INSTANCE, layout=layout, log=lambda _line: None)
+    return root
+
+
+def online(settings: Neo4jSettings, warmup: AttributionGraph, graphs: list[AttributionGraph]) -> dict:
+    """One transaction per graph through write_graph; rows are built before the clock starts."""
+    with open_driver(settings) as driver:
+        with driver.session(database=settings.database) as session:  # IN TRANSACTIONS needs auto-commit
+            session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+        apply_schema(driver, database=settings.database)
+        job = JobRecord(driver, database=settings.database).start({"mode": "bench"})
+        write_graph(driver, rows_from_graph(warmup), database=settings.database)  # JIT, query plans
+        rows = [rows_from_graph(g) for g in graphs]
+        t0 = time.perf_counter()
+        results = [write_graph(driver, r, job=job.id, database=settings.database) for r in rows]
+        seconds = time.perf_counter() - t0
+        job.finish("finished")
+        records, _, _ = driver.execute_query("MATCH ()-[e:ATTRIBUTES]->() RETURN count(e) AS n")
+    return {
+        "seconds": seconds,
+        "relationships": sum(r.relationships_created for r in results),
+        "edges": sum(r.n_edges for r in rows),
+        "aggregated": records[0]["n"],
+    }
+
+
+def bulk(layout: Layout, graphs: list[AttributionGraph], directory: Path) -> dict:
+    """Graph files -> CSV -> neo4j-admin import into the emptied bench instance -> restart + schema."""
+    paths = [g.save(directory / f"{i:05d}.safetensors") for i, g in enumerate(graphs)]
+    fresh_instance(layout)
+    t0 = time.perf_counter()
+    result = bulk_import_files(paths, instance=BENCH_INSTANCE.name, layout=layout)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "csv": result.csv_seconds,
+        "import": result.import_seconds,
+        "relationships": result.summary.relationships,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,62 +174,49 @@ def main() -> None:
     rng = np.random.default_rng(0)
     shape = {k: getattr(args, k) for k in ("layers", "positions", "features", "errors", "edges")}
     warmup, *graphs = [synthetic_graph(rng, i, **shape) for i in range(args.graphs + 1)]
-    started, root = None, None
-    if os.environ.get(URI_ENV):
+    sizes: dict[str, float] = {}
+    if os.environ.get(URI_ENV):  # a remote server: online only, no store sizes
         if not args.wipe:
             raise SystemExit(f"the bench wipes its database: pass --wipe to use the server in {URI_ENV}")
-        settings = load_neo4j_settings()
+        runs = {"online": online(load_neo4j_settings(), warmup, graphs)}
     else:
         layout = Layout.resolve()
-        root = layout.instance_dir(BENCH_INSTANCE.name)
-        if not status(
-            BENCH_INSTANCE.name, layout=layout
-        ).running:  # fresh store files, so sizes are the bench's
-            for sub in ("databases", "transactions"):
-                shutil.rmtree(root / "data" / sub / "neo4j", ignore_errors=True)
-        started = start(BENCH_INSTANCE, layout=layout, log=lambda _line: None)
+        root = fresh_instance(layout)
         settings = local_instance_settings(name=BENCH_INSTANCE.name, cache_dir=layout.root)
-    try:
-        with open_driver(settings) as driver:
-            with driver.session(database=settings.database) as session:  # IN TRANSACTIONS needs auto-commit
-                session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
-            apply_schema(driver, database=settings.database)
-            job = JobRecord(driver, database=settings.database).start({"mode": "bench"})
-            write_graph(driver, rows_from_graph(warmup), database=settings.database)  # JIT, query plans
+        try:
             before = store_bytes(root)
-            t0 = time.perf_counter()
-            rows = [rows_from_graph(g) for g in graphs]
-            t_rows = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            results = [write_graph(driver, r, job=job.id, database=settings.database) for r in rows]
-            t_write = time.perf_counter() - t1
-            job.finish("finished")
-            records, _, _ = driver.execute_query("MATCH ()-[e:ATTRIBUTES]->() RETURN count(e) AS n")
-            aggregated = records[0]["n"]
-    finally:
-        if started is not None and not started.already_running:
-            stop(BENCH_INSTANCE.name, layout=Layout.resolve())  # checkpoints: store files now hold all
-    after = store_bytes(root)
+            runs = {"online": online(settings, warmup, graphs)}
+            stop(BENCH_INSTANCE.name, layout=layout)  # checkpoints: store files now hold all
+            sizes["online"] = (store_bytes(root) - before) / (args.graphs + 1)
+            with tempfile.TemporaryDirectory() as directory:
+                runs["bulk"] = bulk(layout, graphs, Path(directory))
+            stop(BENCH_INSTANCE.name, layout=layout)
+            sizes["bulk"] = store_bytes(root) / args.graphs
+        finally:
+            stop(BENCH_INSTANCE.name, layout=layout)
 
-    rels = sum(r.relationships_created for r in results)
-    nodes = sum(r.nodes_created for r in results)
-    edges = sum(r.n_edges for r in rows)
-    print(f"shape: {shape}; {args.graphs} graphs, {edges:,} EDGE, {aggregated:,} ATTRIBUTES after load")
-    header = (
-        ("graphs/s", 10),
-        ("rels/s", 12),
-        ("nodes/s", 10),
-        ("rows s", 9),
-        ("write s", 9),
-        ("MB/graph", 10),
-    )
-    print(f"{'path':<10}" + "".join(f"{name:>{width}}" for name, width in header))
-    mb = (after - before) / args.graphs / 1e6 if root is not None else float("nan")
+    first = runs["online"]
     print(
-        f"{'online':<10}{args.graphs / t_write:>10.2f}{rels / t_write:>12,.0f}{nodes / t_write:>10,.0f}"
-        f"{t_rows:>9.1f}{t_write:>9.1f}{mb:>10.2f}"
+        f"shape: {shape}; {args.graphs} graphs, {first['edges']:,} EDGE, "
+        f"{first['aggregated']:,} ATTRIBUTES after load"
     )
-    print("bulk: not implemented (see cypher/README.md)")
+    header = (("graphs/s", 10), ("rels/s", 12), ("seconds", 9), ("MB/graph", 10), ("import-only rels/s", 20))
+    print(f"{'path':<8}" + "".join(f"{name:>{width}}" for name, width in header))
+    rates = {}
+    for name, run in runs.items():
+        rates[name] = run["relationships"] / run["seconds"]
+        importer = f"{run['relationships'] / run['import']:,.0f}" if "import" in run else "-"
+        print(
+            f"{name:<8}{args.graphs / run['seconds']:>10.2f}{rates[name]:>12,.0f}{run['seconds']:>9.1f}"
+            f"{sizes.get(name, float('nan')) / 1e6:>10.2f}{importer:>20}"
+        )
+    if "bulk" in runs:
+        b = runs["bulk"]
+        print(
+            f"bulk phases: CSV {b['csv']:.1f}s, stop + import + start {b['import']:.1f}s, "
+            f"schema + job {b['seconds'] - b['csv'] - b['import']:.1f}s"
+        )
+        print(f"online / bulk relationships/s: {rates['online'] / rates['bulk']:.2f}")
 
 
 if __name__ == "__main__":

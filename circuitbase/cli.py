@@ -5,7 +5,7 @@ Each command group lives in `circuitbase.commands.<name>` and is registered here
 
 import typer
 
-from circuitbase.commands import analyze, attribute, db, ingest, neo4j, train, transcoders
+from circuitbase.commands import analyze, attribute, db, ingest, neo4j, serve, train, transcoders
 
 app = typer.Typer(
     help="Attribution graphs for many prompts, stored and analysed in Neo4j.",
@@ -23,6 +23,8 @@ app.command("analyze")(analyze.analyze_command)
 app.command("compare")(analyze.compare_command)
 app.command("train-transcoders")(train.train_transcoders_command)
 app.add_typer(train.toy_app, name="toy")
+app.command("serve")(serve.serve_command)
+app.add_typer(serve.keys_app, name="api-key")
 
 
 def main() -> None:

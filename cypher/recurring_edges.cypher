@@ -1,18 +1,20 @@
-// Recurring feature-level edges: the input of subcircuit mining (see "Recurrence" in cypher/README.md).
+// Recurring feature-level edges: the input of subcircuit mining (see "Recurrence" in cypher/README.md),
+// for one batch of candidate pairs (element ids from recurring_candidates.cypher).
 // An edge (u, v) between global nodes (Feature or Token) occurs in a complete graph when some EDGE from an
 // instance of u to an instance of v has |weight| >= $min_weight; its weight there is the sum of those
-// edges. Returns the edges occurring in >= $min_support graphs with the graphs and per-graph weights.
+// edges. Returns the pairs occurring in >= $min_support graphs with the graphs and per-graph weights.
 //
+// :param pairs => [['4:abc:0', '4:abc:1']]
 // :param min_weight => 0.05
 // :param min_support => 2
-MATCH (g:Graph)
-WHERE g.complete = true
-MATCH (a:GraphNode {graph: g.id})-[e:EDGE]->(b:GraphNode)
+UNWIND $pairs AS pair
+MATCH (u) WHERE elementId(u) = pair[0]
+MATCH (v) WHERE elementId(v) = pair[1]
+MATCH (u)<-[:INSTANCE_OF]-(a:GraphNode)-[e:EDGE]->(b:GraphNode)-[:INSTANCE_OF]->(v)
 WHERE abs(e.weight) >= $min_weight
-MATCH (a)-[:INSTANCE_OF]->(u)
-MATCH (b)-[:INSTANCE_OF]->(v)
-WITH u.key AS source, v.key AS target, g.id AS graph, sum(e.weight) AS weight
-WITH source, target, collect(graph) AS graphs, collect(weight) AS weights
+WITH u, v, a.graph AS graph, sum(e.weight) AS weight
+MATCH (g:Graph {id: graph})
+WHERE g.complete = true
+WITH u, v, collect(graph) AS graphs, collect(weight) AS weights
 WHERE size(graphs) >= $min_support
-RETURN source, target, graphs, weights
-ORDER BY size(graphs) DESC, source, target
+RETURN u.key AS source, v.key AS target, graphs, weights

@@ -3,13 +3,20 @@
 - `.jsonl`: one JSON object per line; its text is the first of the fields "text", "prompt", "content".
 - any other file: plain text, one document per non-empty line.
 - a directory: every `.jsonl`, `.txt` and `.md` file below it, in sorted path order.
+
+Without a corpus, `generated_corpus` samples one from the model itself (offline, seeded, cached): texts
+that start at BOS and follow the model's own distribution, written as JSONL.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import torch
 
 TEXT_FIELDS = ("text", "prompt", "content")
 DIRECTORY_SUFFIXES = (".jsonl", ".txt", ".md")
@@ -61,3 +68,50 @@ def iter_texts(path: str | Path) -> Iterator[str]:
             yield text
     if empty:
         raise CorpusError(f"corpus {path} contains no text ({len(files)} file(s), all empty)")
+
+
+@torch.no_grad()
+def generated_corpus(
+    model: Any,
+    tokenizer: Any,
+    path: str | Path,
+    *,
+    n_texts: int = 2000,
+    length: int = 128,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Sample `n_texts` texts of `length` tokens from `model` (temperature 1, starting at BOS or, without
+    one, EOS) into JSONL `path`, unless it exists already (defaults: 2000 x 128 tokens, batches of 32,
+    seed 0). Written to a temporary name and renamed, so a finished file is always complete."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise CorpusError("cannot generate a corpus: the tokenizer has neither a BOS nor an EOS token")
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as sink:
+        for first in range(0, n_texts, batch_size):
+            rows = min(batch_size, n_texts - first)
+            prefix = torch.full((rows, 1), start, dtype=torch.long, device=device)
+            out = model.generate(
+                prefix,
+                attention_mask=torch.ones_like(prefix),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=length,
+                min_new_tokens=length,
+                pad_token_id=start,
+            )
+            for row in out[:, 1:]:
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                if text.strip():
+                    sink.write(json.dumps({"text": text}) + "\n")
+    os.replace(tmp, path)
+    return path

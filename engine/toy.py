@@ -401,6 +401,8 @@ def build_toy(
     }
     (out / "ground_truth.json").write_text(json.dumps(ground_truth(), indent=1), encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    for path in out.rglob("*"):  # safetensors writes private files; these are ordinary package data
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return metrics
 
 

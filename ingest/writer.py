@@ -76,14 +76,14 @@ WITH ns[$src[i]] AS a, ns[$tgt[i]] AS b, $w[i] AS w
 CREATE (a)-[:EDGE {weight: w}]->(b)
 """
 _AGGREGATE = """
-UNWIND range(0, size($s) - 1) AS i
-MATCH (a:{source} {{key: $s[i]}})
-MATCH (b:{target} {{key: $t[i]}})
+UNWIND $rows AS r
+MATCH (a:{source} {{key: r[0]}})
+MATCH (b:{target} {{key: r[1]}})
 MERGE (a)-[e:ATTRIBUTES]->(b)
-ON CREATE SET e.graphs = 0, e.edges = 0, e.sum = 0.0, e.sum_abs = 0.0, e.max_abs = 0.0
-SET e.graphs = e.graphs + 1, e.edges = e.edges + $n[i], e.sum = e.sum + $sum[i],
-    e.sum_abs = e.sum_abs + $abs[i],
-    e.max_abs = CASE WHEN $max[i] > e.max_abs THEN $max[i] ELSE e.max_abs END
+ON CREATE SET e.graphs = 1, e.edges = r[2], e.sum = 0.0 + r[3], e.sum_abs = 0.0 + r[4],
+    e.max_abs = CASE WHEN r[5] > 0.0 THEN r[5] ELSE 0.0 END
+ON MATCH SET e.graphs = e.graphs + 1, e.edges = e.edges + r[2], e.sum = e.sum + r[3],
+    e.sum_abs = e.sum_abs + r[4], e.max_abs = CASE WHEN r[5] > e.max_abs THEN r[5] ELSE e.max_abs END
 """
 _FINISH = """
 MATCH (g:Graph {id: $id})
@@ -127,11 +127,13 @@ class _Counter:
 
 
 def _write_tx(tx: neo4j.ManagedTransaction, rows: GraphRows, job: str, config: WriterConfig) -> WriteResult:
-    record = tx.run(_CLAIM, id=rows.id).single()
+    claim = tx.run(_CLAIM, id=rows.id)
+    record = claim.single()
     if record is not None and record["complete"]:
         tx.run(_SKIPPED, job=job).consume()
         return WriteResult(rows.id, loaded=False)
     out = _Counter(tx)
+    out.nodes += claim.consume().counters.nodes_created  # the Graph node, when this claim made it
     out.run(_CLEAR, id=rows.id)
     out.run(_HEAD, graph=rows.graph, model=rows.model, set=rows.transcoder_set, prompt=rows.prompt)
     out.run(_FEATURES, rows=rows.features, set=rows.transcoder_set)
@@ -152,7 +154,8 @@ def _write_tx(tx: neo4j.ManagedTransaction, rows: GraphRows, job: str, config: W
     for (source, target), cols in rows.aggregate.items():
         if source not in REF_LABELS or target not in REF_LABELS:
             raise ValueError(f"aggregate endpoint labels must be in {REF_LABELS}, got {(source, target)}")
-        out.run(_AGGREGATE.format(source=source, target=target), **cols)
+        table = zip(cols["s"], cols["t"], cols["n"], cols["sum"], cols["abs"], cols["max"], strict=True)
+        out.run(_AGGREGATE.format(source=source, target=target), rows=[list(row) for row in table])
     out.run(_FINISH, id=rows.id, job=job)
     return WriteResult(rows.id, loaded=True, nodes_created=out.nodes, relationships_created=out.relationships)
 

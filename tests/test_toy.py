@@ -136,7 +136,8 @@ def test_attribution_recovers_the_planted_two_hop_path(loaded) -> None:
         found.append(answer == path["answer"] and planted_path_found(graph, features[state], 3))
         control.append(planted_path_found(graph, features[(state + 1) % toy.N_STATES], 3))
     rate = sum(found) / len(found)
-    print(f"planted two-hop path recovered in {sum(found)}/{len(found)} held-out prompts")
+    print(f"planted two-hop path recovered in {sum(found)}/{len(found)} held-out prompts", end=" ")
+    print(f"(another state's features: {sum(control)}/{len(control)})")
     assert rate >= 0.75
     assert sum(control) / len(control) <= 0.25  # another state's features are not on the path
 

@@ -142,3 +142,43 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(
     assert state["step"] == 1
     assert all(torch.isfinite(t).all() for t in state["transcoders"].values())
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_trains_the_toy_model_transcoders(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from circuitbase.cli import app
+    from circuitbase.engine import toy
+
+    corpus = tmp_path / "toy.jsonl"
+    corpus.write_text("".join(f'{{"text": "{line}"}}\n' for line in toy.corpus_lines(n_copy=200)))
+    out = tmp_path / "tc"
+    model_dir, _ = toy.shipped_paths()
+    options = ["--model", str(model_dir), "--corpus", str(corpus), "--out", str(out), "--kind", "clt"]
+    sizes = ["--activation", "jumprelu", "--d-transcoder", "64", "--tokens", "4096", "--batch-tokens", "512"]
+    result = CliRunner().invoke(app, ["train-transcoders", *options, *sizes, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "layer 1: fvu" in result.output and "KL" in result.output
+    transcoders = TranscoderSet.load(out)
+    assert transcoders.cross_layer and transcoders.config.activation == "jumprelu"
+    assert transcoders.config.model_name == "model" and (out / "metrics.json").is_file()
+    bad = CliRunner().invoke(app, ["train-transcoders", *options, "--activation", "gelu"])
+    assert bad.exit_code == 1 and "activation must be topk, jumprelu or relu" in bad.output
+
+
+def test_generated_corpus_is_seeded_and_readable(tmp_path: Path) -> None:
+    from circuitbase.engine import toy
+    from circuitbase.engine.corpus import generated_corpus
+    from circuitbase.engine.models import load_model
+
+    loaded = load_model(str(toy.shipped_paths()[0]))
+    paths = [
+        generated_corpus(
+            loaded.model, loaded.tokenizer, tmp_path / f"{i}.jsonl", n_texts=6, length=5, batch_size=4
+        )
+        for i in range(2)
+    ]
+    assert paths[0].read_text() == paths[1].read_text()
+    texts = list(iter_texts(paths[0]))
+    assert len(texts) == 6 and all(len(t.split()) == 5 for t in texts)
+    assert set(" ".join(texts).split()) <= set(toy.vocabulary())

@@ -56,6 +56,35 @@ def _print_summary(summary: IngestSummary) -> None:
         console.print(f"[yellow]skipped[/yellow] {line}")
 
 
+def _bulk(
+    graphs: Path, *, instance: str, model: str | None, transcoders: str | None, skip_bad: bool, progress: bool
+) -> IngestSummary:
+    """The bulk path of `ingest --graphs DIR --bulk` (see circuitbase.ingest.bulk)."""
+    from circuitbase.ingest.bulk import BulkConfig, bulk_import_files
+    from circuitbase.ingest.loader import IngestConfig, graph_files, progress_bar
+
+    files = graph_files(graphs)
+    accepted = IngestConfig(
+        model=model,
+        transcoder_set=None if transcoders is None else transcoder_set_name(transcoders),
+        skip_bad=skip_bad,
+    )
+    with progress_bar(show=progress) as bar:
+        task = bar.add_task("ingest", total=len(files), graphs_rate="-", rows_rate="-")
+        result = bulk_import_files(
+            files,
+            instance=instance,
+            config=BulkConfig(ingest=accepted),
+            parameters={"graphs": str(graphs)},
+            log=console.print,
+            each=lambda: bar.advance(task),
+        )
+    console.print(
+        f"bulk: CSV files {result.csv_seconds:.1f}s, neo4j-admin import {result.import_seconds:.1f}s"
+    )
+    return result.summary
+
+
 def ingest_command(
     prompts: Path | None = typer.Argument(
         None, help="Prompt file to attribute and load (.jsonl, .csv or text); or use --graphs."
@@ -81,6 +110,11 @@ def ingest_command(
         "default", help="Local Neo4j instance used when CIRCUITBASE_NEO4J_URI is unset."
     ),
     progress: bool = typer.Option(True, help="Show the progress bar."),
+    bulk: bool = typer.Option(
+        False,
+        help="With --graphs: first load into the EMPTY local --instance with neo4j-admin import "
+        "(stops and restarts it).",
+    ),
 ) -> None:
     """Load attribution graphs into Neo4j as one resumable job (complete graphs are skipped)."""
     from circuitbase.ingest.loader import IngestConfig, graph_files, ingest_files
@@ -90,7 +124,23 @@ def ingest_command(
     if (prompts is None) == (graphs is None):
         console.print("[red]error:[/red] give either a PROMPTS file or --graphs DIR (not both)")
         raise typer.Exit(2)
+    if bulk and graphs is None:
+        console.print("[red]error:[/red] --bulk loads graph files: give --graphs DIR")
+        raise typer.Exit(2)
     with fail_on(console):
+        if bulk:
+            assert graphs is not None
+            _print_summary(
+                _bulk(
+                    graphs,
+                    instance=instance,
+                    model=model,
+                    transcoders=transcoders,
+                    skip_bad=skip_bad,
+                    progress=progress,
+                )
+            )
+            return
         settings = load_neo4j_settings(instance=instance)
         config = IngestConfig(
             model=None if prompts is not None else model,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from circuitbase.commands.common import fail_on
+from circuitbase.commands.common import fail_on, resolve_device
 
 console = Console(stderr=True)
 toy_app = typer.Typer(
@@ -17,7 +17,10 @@ toy_app = typer.Typer(
 
 def train_transcoders_command(
     model: str = typer.Option("smollm2", help="Model: 'smollm2', a local HF directory or a .gguf file."),
-    corpus: Path = typer.Option(..., help="Training text: a .jsonl/.txt file or a directory of them."),
+    corpus: Path | None = typer.Option(
+        None, help="Training text: a .jsonl/.txt file or a directory (default: text MODEL generates itself)."
+    ),
+    generate_texts: int = typer.Option(2000, help="Without --corpus: texts to generate (cached)."),
     out: Path = typer.Option(..., help="Directory for the transcoders, checkpoints and metrics.json."),
     kind: str = typer.Option("plt", help="plt (per-layer) or clt (cross-layer)."),
     activation: str = typer.Option("topk", help="topk, jumprelu or relu."),
@@ -27,6 +30,9 @@ def train_transcoders_command(
     tokens: int = typer.Option(10_000_000, help="Training tokens."),
     batch_tokens: int = typer.Option(4096, help="Tokens per optimiser step."),
     lr: float = typer.Option(2e-4, help="Peak learning rate."),
+    buffer_tokens: int = typer.Option(
+        200_000, help="Tokens in the shuffle buffer (RAM: x n_layers x 2 x d_model x 4 B)."
+    ),
     context_length: int = typer.Option(128, help="Tokens per text (longer texts are truncated)."),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints (0: only at the end)."),
     resume: bool = typer.Option(False, help="Continue from the latest checkpoint in OUT."),
@@ -34,7 +40,8 @@ def train_transcoders_command(
     device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda."),
 ) -> None:
     """Train transcoders for MODEL on CORPUS; writes the public format plus metrics.json into OUT."""
-    from circuitbase.engine.models import load_model
+    from circuitbase.engine.corpus import generated_corpus
+    from circuitbase.engine.models import load_model, models_dir
     from circuitbase.engine.training import TrainConfig, train_transcoders
 
     with fail_on(console):
@@ -47,13 +54,29 @@ def train_transcoders_command(
             total_tokens=tokens,
             batch_tokens=batch_tokens,
             lr=lr,
+            buffer_tokens=buffer_tokens,
             context_length=context_length,
             checkpoint_every=checkpoint_every,
             seed=seed,
             device=device,
             name=out.name,
         )
-        loaded = load_model(model)
+        loaded = load_model(model, device=resolve_device(device))
+        if corpus is None:
+            corpus = (
+                models_dir().parent
+                / "corpora"
+                / (f"{loaded.name}-generated-{generate_texts}x{context_length}-seed{seed}.jsonl")
+            )
+            console.print(f"generating {generate_texts} texts with {loaded.name} into {corpus} (once)")
+            generated_corpus(
+                loaded.model,
+                loaded.tokenizer,
+                corpus,
+                n_texts=generate_texts,
+                length=context_length,
+                seed=seed,
+            )
         metrics = train_transcoders(
             loaded.model,
             loaded.tokenizer,

@@ -23,6 +23,7 @@ from pathlib import Path
 import neo4j
 from neo4j.exceptions import AuthError, Neo4jError, ServiceUnavailable
 
+from circuitbase.dbserver.admin import run_admin
 from circuitbase.dbserver.config import INSTANCE_FILE, PASSWORD_FILE, InstanceConfig, Layout
 from circuitbase.dbserver.errors import DbServerError
 from circuitbase.dbserver.install import Installation, install
@@ -172,19 +173,13 @@ def _ensure_password(*, java: Path, installation: Installation, instance_dir: Pa
     password = os.environ.get(PASSWORD_ENV) or stored or secrets.token_urlsafe(18)
     if len(password) < 8:
         raise DbServerError(f"{PASSWORD_ENV} must have at least 8 characters (Neo4j's minimum)")
-    env = {**os.environ, "NEO4J_HOME": str(instance_dir), "NEO4J_CONF": str(instance_dir / "conf")}
-    command = [str(java), "-cp", f"{installation.lib_dir}/*", "org.neo4j.cli.AdminTool"]
-    proc = subprocess.run(
-        [*command, "dbms", "set-initial-password", password],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    run_admin(
+        ["dbms", "set-initial-password", password],
+        installation=installation,
+        instance_dir=instance_dir,
+        java=java,
+        what="neo4j-admin set-initial-password",
     )
-    if proc.returncode != 0:
-        raise DbServerError(
-            f"neo4j-admin set-initial-password failed: {(proc.stderr or proc.stdout).strip()[:300]}"
-        )
     fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(password + "\n")

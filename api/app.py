@@ -1,0 +1,138 @@
+"""The FastAPI application: GraphQL (with GraphiQL) at /graphql, /healthz, /readyz, CORS.
+
+`create_app(config=..., driver=...)` builds it; without a driver it opens one from the Neo4j settings at
+startup and closes it at shutdown. Every request gets a fresh context: its caller (from the API key, if
+one is presented) and its own DataLoaders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import neo4j
+import strawberry
+from anyio import to_thread
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from strawberry.extensions import QueryDepthLimiter
+from strawberry.fastapi import GraphQLRouter
+
+from circuitbase.api.auth import READ_ACCESS, access_checker, presented_key, verify_key
+from circuitbase.api.errors import ErrorCodes
+from circuitbase.api.jobs import IngestSettings, JobRunner
+from circuitbase.api.limits import Limits, complexity_limiter
+from circuitbase.api.repository import Repository, TimedDriver
+from circuitbase.api.schema import Context, Mutation, Query
+
+READ_ACCESS_ENV = "CIRCUITBASE_API_READ_ACCESS"
+CORS_ENV = "CIRCUITBASE_API_CORS_ORIGINS"
+
+
+class ApiConfigError(ValueError):
+    """A bad API setting (read access mode)."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """read_access: 'open' (default: anyone may query) or 'key' (queries need an API key too; mutations
+    always do). cors_origins: allowed browser origins (default none). limits: see `Limits`.
+    ingest: the model and transcoders ingest jobs use (default None: no ingest jobs). database: Neo4j
+    database (default 'neo4j')."""
+
+    read_access: str = "open"
+    cors_origins: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    ingest: IngestSettings | None = None
+    database: str = "neo4j"
+
+    def __post_init__(self) -> None:
+        if self.read_access not in READ_ACCESS:
+            raise ApiConfigError(f"read access must be one of {READ_ACCESS}, got {self.read_access!r}")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ApiConfig:
+        """Settings from CIRCUITBASE_API_READ_ACCESS and CIRCUITBASE_API_CORS_ORIGINS (comma separated),
+        then `overrides` (None values ignored)."""
+        values: dict[str, object] = {}
+        if os.environ.get(READ_ACCESS_ENV):
+            values["read_access"] = os.environ[READ_ACCESS_ENV]
+        if os.environ.get(CORS_ENV):
+            values["cors_origins"] = tuple(o.strip() for o in os.environ[CORS_ENV].split(",") if o.strip())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def build_schema(config: ApiConfig) -> strawberry.Schema:
+    """The schema with the depth, complexity, access and error-code extensions."""
+    limits = config.limits
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        extensions=[
+            lambda: QueryDepthLimiter(max_depth=limits.max_depth),
+            complexity_limiter(limits),
+            access_checker(config.read_access),
+            ErrorCodes,
+        ],
+    )
+
+
+def create_app(*, config: ApiConfig | None = None, driver: neo4j.Driver | None = None) -> FastAPI:
+    """The API application (module docstring); `driver` is used as given and not closed."""
+    config = config or ApiConfig()
+    state: dict[str, object] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        from circuitbase.settings import open_driver
+
+        raw = driver or await to_thread.run_sync(open_driver)
+        timed = TimedDriver(raw, timeout_s=config.limits.query_timeout_s)
+        state["repo"] = Repository(timed, database=config.database)
+        state["jobs"] = JobRunner(raw, database=config.database, ingest=config.ingest)
+        try:
+            yield
+        finally:
+            state["jobs"].shutdown()  # type: ignore[attr-defined]
+            if driver is None:
+                raw.close()
+
+    async def context(request: Request) -> Context:
+        repo: Repository = state["repo"]  # type: ignore[assignment]
+        key = presented_key(request.headers)
+        caller = await to_thread.run_sync(lambda: verify_key(repo.driver, key, database=repo.database))
+        return Context(repo=repo, caller=caller, limits=config.limits, jobs=state["jobs"])  # type: ignore[arg-type]
+
+    app = FastAPI(
+        title="circuitbase",
+        description="Attribution graphs in Neo4j: the GraphQL API is at /graphql (GraphiQL in a browser).",
+        lifespan=lifespan,
+    )
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+        )
+    router = GraphQLRouter(build_schema(config), context_getter=context, graphql_ide="graphiql")
+    app.include_router(router, prefix="/graphql")
+
+    @app.get("/healthz", summary="The process answers.")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Neo4j answers a query.", responses={503: {"description": "Neo4j does not answer."}})
+    def readyz() -> JSONResponse:
+        repo: Repository = state["repo"]  # type: ignore[assignment]
+        try:
+            repo.ping()
+        except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
+            return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return app

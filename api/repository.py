@@ -1,0 +1,371 @@
+"""Every Cypher read and write of the API: parameterised, batched over keys, bounded in time.
+
+1. `TimedDriver` wraps the Neo4j driver so every `execute_query` (the API's own and those of the analysis
+   package it calls) runs with the transaction timeout; reads go to readers.
+2. Reads take lists of keys (one round trip for a whole DataLoader batch). Queries of the library
+   (`cypher/*.cypher`) that take one key run for many keys at once as a CALL subquery per key.
+3. List queries page by keyset (`ORDER BY id`, `WHERE id > $after`), fetching one row more than asked to
+   tell whether a next page exists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import neo4j
+
+from circuitbase.analysis.queries import load_query, query_params
+
+
+class TimedDriver:
+    """The subset of `neo4j.Driver` the API uses, with a transaction timeout on every query."""
+
+    def __init__(self, driver: neo4j.Driver, *, timeout_s: float) -> None:
+        self.driver, self.timeout_s = driver, timeout_s
+
+    def execute_query(self, query: str | neo4j.Query, parameters: dict[str, Any] | None = None, **kwargs: Any):
+        if not isinstance(query, neo4j.Query):
+            query = neo4j.Query(query, timeout=self.timeout_s)
+        return self.driver.execute_query(query, parameters, **kwargs)
+
+    def session(self, **kwargs: Any) -> neo4j.Session:
+        """A plain session (for the analysis jobs, whose GDS calls may run long)."""
+        return self.driver.session(**kwargs)
+
+
+@dataclass(frozen=True)
+class GraphFilter:
+    """Graphs (or prompts with a graph) matching every given field; None means any."""
+
+    tag: str | None = None
+    dataset: str | None = None
+    correct: bool | None = None
+    model: str | None = None
+    transcoder_set: str | None = None
+    feature: str | None = None  # a Feature key the pruned graph keeps an instance of
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "dataset": self.dataset,
+            "correct": self.correct,
+            "model": self.model,
+            "set": self.transcoder_set,
+            "feature": self.feature,
+        }
+
+
+_GRAPH_MATCH = """
+($tag IS NULL OR $tag IN p.tags) AND ($dataset IS NULL OR p.dataset = $dataset)
+AND ($correct IS NULL OR g.correct = $correct) AND ($model IS NULL OR g.model = $model)
+AND ($set IS NULL OR g.transcoder_set = $set)
+AND ($feature IS NULL OR EXISTS {
+  MATCH (:Feature {key: $feature})<-[:INSTANCE_OF]-(:FeatureNode)-[:IN_GRAPH]->(g) })
+"""
+_GRAPH_FIELDS = "g {.*, prompt_text: p.text} AS g"
+_GRAPHS_PAGE = f"""
+MATCH (g:Graph)-[:OF_PROMPT]->(p:Prompt)
+WHERE g.complete = true AND ($after IS NULL OR g.id > $after) AND {_GRAPH_MATCH}
+RETURN {_GRAPH_FIELDS}
+ORDER BY g.id
+LIMIT $limit
+"""
+_GRAPHS_COUNT = f"""
+MATCH (g:Graph)-[:OF_PROMPT]->(p:Prompt)
+WHERE g.complete = true AND {_GRAPH_MATCH}
+RETURN count(g) AS n
+"""
+_PROMPTS_PAGE = f"""
+MATCH (p:Prompt)
+WHERE ($after IS NULL OR p.id > $after)
+  AND ($tag IS NULL OR $tag IN p.tags) AND ($dataset IS NULL OR p.dataset = $dataset)
+  AND ($correct IS NULL AND $model IS NULL AND $set IS NULL AND $feature IS NULL
+       OR EXISTS {{ MATCH (g:Graph)-[:OF_PROMPT]->(p) WHERE g.complete = true AND {_GRAPH_MATCH} }})
+RETURN p {{.*}} AS p
+ORDER BY p.id
+LIMIT $limit
+"""
+_GRAPHS_BY_ID = f"""
+UNWIND $ids AS id
+MATCH (g:Graph {{id: id}})-[:OF_PROMPT]->(p:Prompt)
+WHERE g.complete = true
+RETURN {_GRAPH_FIELDS}
+"""
+_GRAPHS_OF_PROMPTS = f"""
+UNWIND $ids AS id
+MATCH (g:Graph)-[:OF_PROMPT]->(p:Prompt {{id: id}})
+WHERE g.complete = true
+RETURN {_GRAPH_FIELDS}
+ORDER BY g.id
+"""
+_PROMPTS_BY_ID = "UNWIND $ids AS id MATCH (p:Prompt {id: id}) RETURN p {.*} AS p"
+_FEATURES_BY_KEY = "UNWIND $keys AS key MATCH (f:Feature {key: key}) RETURN f {.*} AS f"
+_TOKENS_BY_KEY = "UNWIND $keys AS key MATCH (t:Token {key: key}) RETURN t {.*} AS t"
+_KEPT = "(n.influence >= $min_influence OR n:TokenNode OR n:LogitNode)"
+_NODES = f"""
+UNWIND $ids AS id
+MATCH (n:GraphNode {{graph: id}})
+WHERE {_KEPT}
+RETURN id, n {{.*, kind: [l IN labels(n) WHERE l <> 'GraphNode'][0]}} AS n
+ORDER BY id, n.idx
+"""
+_EDGES = """
+UNWIND $ids AS id
+CALL (id) {{
+  MATCH (a:GraphNode {{graph: id}})-[e:EDGE]->(b:GraphNode)
+  WHERE abs(e.weight) >= $min_abs_weight {nodes}
+  RETURN a.node AS source, b.node AS target, e.weight AS weight
+  ORDER BY abs(e.weight) DESC, source, target
+  LIMIT $top_k
+}}
+RETURN id, source, target, weight
+"""
+_EDGE_NODES = """
+    AND (a.influence >= $min_influence OR a:TokenNode OR a:LogitNode)
+    AND (b.influence >= $min_influence OR b:TokenNode OR b:LogitNode)"""
+_SUBCIRCUITS_PAGE = """
+MATCH (s:Subcircuit)
+WHERE s.support >= $min_support AND ($after IS NULL OR s.rank > $after)
+RETURN s {.*} AS s
+ORDER BY s.rank
+LIMIT $limit
+"""
+_SUBCIRCUITS_BY_KEY = "UNWIND $keys AS key MATCH (s:Subcircuit {key: key}) RETURN s {.*} AS s"
+_OCCURRENCES = """
+UNWIND $keys AS key
+CALL (key) {
+  MATCH (:Subcircuit {key: key})-[o:OCCURS_IN]->(g:Graph)
+  RETURN g.id AS graph, o.weight AS weight, o.influence AS influence
+  ORDER BY abs(o.weight) DESC, graph
+  LIMIT $limit
+}
+RETURN key, graph, weight, influence
+"""
+_SUBCIRCUITS_OF_GRAPHS = """
+UNWIND $ids AS id
+MATCH (s:Subcircuit)-[o:OCCURS_IN]->(:Graph {id: id})
+RETURN id, s {.*} AS s, o.weight AS weight, o.influence AS influence
+ORDER BY id, s.rank
+"""
+_SUPERNODES = """
+MATCH (s:Supernode)
+RETURN s {.*} AS s
+ORDER BY s.size DESC, s.key
+LIMIT $limit
+"""
+_SUPERNODES_OF = """
+UNWIND $keys AS key
+MATCH (s:Supernode)-[:HAS_MEMBER]->({key: key})
+RETURN key, s {.*} AS s
+ORDER BY key, s.key
+"""
+_MEMBERS = """
+UNWIND $keys AS key
+MATCH (:Supernode {key: key})-[:HAS_MEMBER]->(m)
+RETURN key, m.key AS member
+ORDER BY key, member
+"""
+_COMPARE_GRAPHS = """
+UNWIND $ids AS id
+MATCH (n:FeatureNode {graph: id})-[:INSTANCE_OF]->(f:Feature)
+RETURN id, f.key AS feature, max(n.influence) AS influence, max(n.activation) AS activation
+"""
+_MODELS = """
+MATCH (m:Model)
+OPTIONAL MATCH (s:TranscoderSet)-[:FOR_MODEL]->(m)
+WITH m, collect(s.name) AS sets
+RETURN m.name AS name, sets
+ORDER BY name
+"""
+_SETS = """
+MATCH (s:TranscoderSet)
+OPTIONAL MATCH (s)-[:FOR_MODEL]->(m:Model)
+RETURN s.name AS name, m.name AS model, COUNT { (:Feature)-[:IN_SET]->(s) } AS features
+ORDER BY name
+"""
+_INGEST_JOBS = """
+MATCH (j:IngestJob)
+WHERE $id IS NULL OR j.id = $id
+RETURN j {.*, started: toString(j.started), finished: toString(j.finished)} AS j
+ORDER BY j.started DESC, j.id
+LIMIT $limit
+"""
+_INGEST_JOB_BY_MARKER = """
+MATCH (j:IngestJob)
+WHERE j.parameters CONTAINS $marker
+RETURN j {.*, started: toString(j.started), finished: toString(j.finished)} AS j
+ORDER BY j.started DESC
+LIMIT 1
+"""
+_ANALYSIS_RUNS = """
+MATCH (r:AnalysisRun)
+RETURN r {.*, started: toString(r.started), finished: toString(r.finished)} AS r
+ORDER BY r.id
+"""
+_LABEL = """
+MATCH (f:Feature {key: $key})
+SET f.label = $label, f.label_source = $source, f.labelled = datetime()
+RETURN f {.*} AS f
+"""
+_MISSING_FEATURES = "UNWIND $keys AS key OPTIONAL MATCH (f:Feature {key: key}) WITH key, f WHERE f IS NULL RETURN key"
+_DEFINE_SUPERNODE = """
+MERGE (s:Supernode {key: $key})
+SET s.name = $name, s.description = $description, s.algorithm = 'manual', s.size = size($features),
+    s.features = size($features), s.defined = datetime()
+WITH s
+OPTIONAL MATCH (s)-[old:HAS_MEMBER]->()
+DELETE old
+WITH DISTINCT s
+UNWIND $features AS key
+MATCH (f:Feature {key: key})
+CREATE (s)-[:HAS_MEMBER]->(f)
+WITH DISTINCT s
+RETURN s {.*} AS s
+"""
+
+
+class Repository:
+    """The API's queries against one database (see the module docstring)."""
+
+    def __init__(self, driver: TimedDriver, *, database: str = "neo4j") -> None:
+        self.driver, self.database = driver, database
+
+    def read(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        records, _, _ = self.driver.execute_query(
+            query, params, database_=self.database, routing_=neo4j.RoutingControl.READ
+        )
+        return [record.data() for record in records]
+
+    def write(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        records, _, _ = self.driver.execute_query(query, params, database_=self.database)
+        return [record.data() for record in records]
+
+    def library_batch(self, name: str, key_param: str, keys: Sequence[str], **params: Any) -> list[dict]:
+        """Run library query `name` (one `$key_param`) for every key in one round trip; rows gain `_key`."""
+        declared = set(query_params(name))
+        if declared != {key_param, *params}:
+            raise ValueError(f"query {name!r} takes {sorted(declared)}, got {sorted({key_param, *params})}")
+        body = re.sub(rf"\${key_param}\b", "_key", load_query(name))
+        query = f"UNWIND $_keys AS _key\nCALL (_key) {{\n{body}\n}}\nRETURN *"
+        return self.read(query, _keys=list(keys), **params)
+
+    # ---- lists ----
+    def graphs_page(self, where: GraphFilter, *, after: str | None, limit: int) -> list[dict]:
+        return [r["g"] for r in self.read(_GRAPHS_PAGE, after=after, limit=limit, **where.params())]
+
+    def graphs_count(self, where: GraphFilter) -> int:
+        return int(self.read(_GRAPHS_COUNT, **where.params())[0]["n"])
+
+    def prompts_page(self, where: GraphFilter, *, after: str | None, limit: int) -> list[dict]:
+        return [r["p"] for r in self.read(_PROMPTS_PAGE, after=after, limit=limit, **where.params())]
+
+    def subcircuits_page(self, *, min_support: int, after: int | None, limit: int) -> list[dict]:
+        return [r["s"] for r in self.read(_SUBCIRCUITS_PAGE, min_support=min_support, after=after, limit=limit)]
+
+    def supernodes(self, *, limit: int) -> list[dict]:
+        return [r["s"] for r in self.read(_SUPERNODES, limit=limit)]
+
+    def models(self) -> list[dict]:
+        return self.read(_MODELS)
+
+    def transcoder_sets(self) -> list[dict]:
+        return self.read(_SETS)
+
+    def ingest_jobs(self, *, job_id: str | None, limit: int) -> list[dict]:
+        return [r["j"] for r in self.read(_INGEST_JOBS, id=job_id, limit=limit)]
+
+    def ingest_job_by_marker(self, marker: str) -> dict | None:
+        rows = self.read(_INGEST_JOB_BY_MARKER, marker=marker)
+        return rows[0]["j"] if rows else None
+
+    def analysis_runs(self) -> list[dict]:
+        return [r["r"] for r in self.read(_ANALYSIS_RUNS)]
+
+    # ---- batched lookups (DataLoaders) ----
+    def graphs_by_id(self, ids: Sequence[str]) -> dict[str, dict]:
+        return {r["g"]["id"]: r["g"] for r in self.read(_GRAPHS_BY_ID, ids=list(ids))}
+
+    def graphs_of_prompts(self, ids: Sequence[str]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {i: [] for i in ids}
+        for r in self.read(_GRAPHS_OF_PROMPTS, ids=list(ids)):
+            out[r["g"]["prompt"]].append(r["g"])
+        return out
+
+    def prompts_by_id(self, ids: Sequence[str]) -> dict[str, dict]:
+        return {r["p"]["id"]: r["p"] for r in self.read(_PROMPTS_BY_ID, ids=list(ids))}
+
+    def features_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
+        return {r["f"]["key"]: r["f"] for r in self.read(_FEATURES_BY_KEY, keys=list(keys))}
+
+    def tokens_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
+        return {r["t"]["key"]: r["t"] for r in self.read(_TOKENS_BY_KEY, keys=list(keys))}
+
+    def subcircuits_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
+        return {r["s"]["key"]: r["s"] for r in self.read(_SUBCIRCUITS_BY_KEY, keys=list(keys))}
+
+    def graph_nodes(self, ids: Sequence[str], *, min_influence: float) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {i: [] for i in ids}
+        for r in self.read(_NODES, ids=list(ids), min_influence=min_influence):
+            out[r["id"]].append(r["n"])
+        return out
+
+    def graph_edges(
+        self, ids: Sequence[str], *, min_influence: float, min_abs_weight: float, top_k: int
+    ) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {i: [] for i in ids}
+        # influence is >= 0 by construction, so a bound <= 0 keeps every node: skip the per-edge node checks
+        query = _EDGES.format(nodes=_EDGE_NODES if min_influence > 0 else "")
+        rows = self.read(
+            query, ids=list(ids), min_influence=min_influence, min_abs_weight=min_abs_weight, top_k=top_k
+        )
+        for r in rows:
+            out[r.pop("id")].append(r)
+        return out
+
+    def occurrences(self, keys: Sequence[str], *, limit: int) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {k: [] for k in keys}
+        for r in self.read(_OCCURRENCES, keys=list(keys), limit=limit):
+            out[r.pop("key")].append(r)
+        return out
+
+    def subcircuits_of_graphs(self, ids: Sequence[str]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {i: [] for i in ids}
+        for r in self.read(_SUBCIRCUITS_OF_GRAPHS, ids=list(ids)):
+            out[r.pop("id")].append(r)
+        return out
+
+    def supernodes_of(self, keys: Sequence[str]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {k: [] for k in keys}
+        for r in self.read(_SUPERNODES_OF, keys=list(keys)):
+            out[r["key"]].append(r["s"])
+        return out
+
+    def supernode_members(self, keys: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {k: [] for k in keys}
+        for r in self.read(_MEMBERS, keys=list(keys)):
+            out[r["key"]].append(r["member"])
+        return out
+
+    def feature_presence(self, graph_ids: Sequence[str]) -> list[dict]:
+        """(graph, feature, largest influence, largest activation) for every feature the graphs keep."""
+        return self.read(_COMPARE_GRAPHS, ids=list(graph_ids))
+
+    # ---- writes ----
+    def label_feature(self, key: str, label: str, *, source: str) -> dict | None:
+        rows = self.write(_LABEL, key=key, label=label, source=source)
+        return rows[0]["f"] if rows else None
+
+    def missing_features(self, keys: Sequence[str]) -> list[str]:
+        return [r["key"] for r in self.read(_MISSING_FEATURES, keys=list(keys))]
+
+    def define_supernode(self, *, key: str, name: str, description: str, features: Sequence[str]) -> dict:
+        rows = self.write(
+            _DEFINE_SUPERNODE, key=key, name=name, description=description, features=list(features)
+        )
+        return rows[0]["s"]
+
+    def ping(self) -> bool:
+        return self.read("RETURN 1 AS ok")[0]["ok"] == 1

@@ -1,0 +1,1057 @@
+"""The GraphQL schema: types, queries and mutations over the graph store (see cypher/README.md).
+
+Types are built from repository rows; nested fields load through the request's DataLoaders
+(`circuitbase.api.loaders`), so a dashboard query costs one round trip per level, whatever the page size.
+Lists page Relay-style (`first`/`after`, `pageInfo`, opaque cursors) with `first` bounded by the limits.
+Mutations need an API key (`circuitbase.api.auth`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import strawberry
+from anyio import to_thread
+from strawberry.fastapi import BaseContext
+
+from circuitbase.analysis.compare import Comparison, Split, compare
+from circuitbase.analysis.gds import AnalysisError
+from circuitbase.analysis.queries import run_query
+from circuitbase.analysis.run import STEPS
+from circuitbase.api.auth import Caller
+from circuitbase.api.errors import BAD_USER_INPUT, NOT_FOUND, ApiError
+from circuitbase.api.jobs import JobError, JobRunner, JobState
+from circuitbase.api.limits import Limits, page_size
+from circuitbase.api.loaders import Loaders
+from circuitbase.api.repository import GraphFilter, Repository
+from circuitbase.ingest.model import feature_key, token_key
+
+T = TypeVar("T")
+
+
+class Context(BaseContext):
+    """What resolvers get as `info.context`: the repository, loaders, caller, limits and job runner."""
+
+    def __init__(self, *, repo: Repository, caller: Caller, limits: Limits, jobs: JobRunner) -> None:
+        super().__init__()
+        self.repo, self.caller, self.limits, self.jobs = repo, caller, limits, jobs
+        self.loaders = Loaders(repo)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking repository call on a worker thread."""
+        return await to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+Info = strawberry.Info[Context, None]
+
+
+def _ctx(info: Info) -> Context:
+    return info.context
+
+
+# ---------------------------------------------------------------- cursors
+
+
+def _cursor(kind: str, value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps([kind, value]).encode()).decode()
+
+
+def _after(kind: str, cursor: str | None) -> Any:
+    if cursor is None:
+        return None
+    try:
+        found, value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, TypeError, binascii.Error):
+        found, value = None, None
+    if found != kind:
+        raise ApiError(BAD_USER_INPUT, f"`after` is not a cursor of this list: {cursor!r}")
+    return value
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+# ---------------------------------------------------------------- catalogue
+
+
+@strawberry.type(description="A language model graphs were computed for.")
+class Model:
+    name: str
+    transcoder_sets: list[str]
+
+
+@strawberry.type(description="A set of transcoders (one per layer) that replaces a model's MLPs.")
+class TranscoderSet:
+    name: str
+    model: str | None
+    features: int = strawberry.field(description="Features of the set seen in loaded graphs.")
+
+
+@strawberry.type(description="A vocabulary item seen as an input token or an output logit.")
+class Token:
+    key: strawberry.ID
+    model: str
+    token_id: int
+    text: str | None
+
+    @classmethod
+    def of(cls, row: dict) -> Token:
+        return cls(key=row["key"], model=row["model"], token_id=row["id"], text=row.get("text"))
+
+
+@strawberry.type(description="A transcoder feature, shared by every graph that keeps an instance of it.")
+class Feature:
+    key: strawberry.ID
+    transcoder_set: str
+    layer: int
+    index: int
+    label: str | None
+    density: float | None
+    top_contexts: list[str] | None = strawberry.field(description="Where stored by an annotation tool.")
+    promoted_tokens: list[str] | None = strawberry.field(description="Where stored by an annotation tool.")
+    community: int | None
+    pagerank: float | None
+    betweenness: float | None
+
+    @classmethod
+    def of(cls, row: dict) -> Feature:
+        return cls(
+            key=row["key"],
+            transcoder_set=row["set"],
+            layer=row["layer"],
+            index=row["index"],
+            label=row.get("label"),
+            density=row.get("density"),
+            top_contexts=row.get("top_contexts"),
+            promoted_tokens=row.get("promoted_tokens"),
+            community=row.get("community"),
+            pagerank=row.get("pagerank"),
+            betweenness=row.get("betweenness"),
+        )
+
+    @strawberry.field(description="Complete graphs keeping an instance of this feature, most influential first.")
+    async def graphs(self, info: Info, min_influence: float = 0.0, limit: int = 25) -> list[FeatureInGraph]:
+        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
+        rows = await _ctx(info).loaders.feature_graphs.load((self.key, min_influence, limit))
+        return [
+            FeatureInGraph(
+                graph_id=r["graph"],
+                prompt_id=r["prompt"],
+                text=r["text"],
+                correct=r["correct"],
+                influence=r["influence"],
+                activation=r["activation"],
+                positions=r["positions"],
+            )
+            for r in rows
+        ]
+
+    @strawberry.field(description="Neighbours in the aggregated graph (ATTRIBUTES), most frequent first.")
+    async def neighbours(self, info: Info, min_graphs: int = 1, limit: int = 25) -> list[Neighbour]:
+        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
+        rows = await _ctx(info).loaders.neighbours.load((self.key, min_graphs, limit))
+        return [
+            Neighbour(
+                direction=r["direction"],
+                key=r["neighbour"],
+                kind=r["kind"],
+                graphs=r["graphs"],
+                sum=r["sum"],
+                sum_abs=r["sum_abs"],
+                max_abs=r["max_abs"],
+            )
+            for r in rows
+        ]
+
+    @strawberry.field(description="Supernodes (communities or named groups) this feature belongs to.")
+    async def supernodes(self, info: Info) -> list[Supernode]:
+        return [Supernode.of(r) for r in await _ctx(info).loaders.supernodes_of.load(self.key)]
+
+
+async def _feature(info: Info, key: str | None) -> Feature | None:
+    row = await _ctx(info).loaders.feature.load(key) if key else None
+    return Feature.of(row) if row else None
+
+
+async def _graph(info: Info, graph_id: str) -> Graph | None:
+    row = await _ctx(info).loaders.graph.load(graph_id)
+    return Graph.of(row) if row else None
+
+
+@strawberry.type(description="A feature's presence in one graph.")
+class FeatureInGraph:
+    graph_id: strawberry.ID
+    prompt_id: strawberry.ID
+    text: str
+    correct: bool | None
+    influence: float
+    activation: float | None
+    positions: int
+
+    @strawberry.field
+    async def graph(self, info: Info) -> Graph | None:
+        return await _graph(info, self.graph_id)
+
+
+@strawberry.type(description="An ATTRIBUTES edge of the aggregated graph seen from one feature.")
+class Neighbour:
+    direction: str = strawberry.field(description="'out': the feature attributes to it; 'in': the reverse.")
+    key: strawberry.ID
+    kind: str = strawberry.field(description="'Feature' or 'Token'.")
+    graphs: int
+    sum: float
+    sum_abs: float
+    max_abs: float
+
+    @strawberry.field
+    async def feature(self, info: Info) -> Feature | None:
+        return await _feature(info, self.key if self.kind == "Feature" else None)
+
+
+# ---------------------------------------------------------------- prompts and graphs
+
+
+@strawberry.type(description="A prompt; its graphs are its attribution graphs (one per transcoder set).")
+class Prompt:
+    id: strawberry.ID
+    text: str
+    tokens: list[str]
+    answer: str | None
+    tags: list[str]
+    dataset: str
+
+    @classmethod
+    def of(cls, row: dict) -> Prompt:
+        return cls(
+            id=row["id"],
+            text=row.get("text", ""),
+            tokens=row.get("tokens") or [],
+            answer=row.get("answer"),
+            tags=row.get("tags") or [],
+            dataset=row.get("dataset") or "",
+        )
+
+    @strawberry.field
+    async def graphs(self, info: Info) -> list[Graph]:
+        return [Graph.of(r) for r in await _ctx(info).loaders.graphs_of_prompt.load(self.id)]
+
+
+@strawberry.enum
+class NodeKind(enum.Enum):
+    FEATURE = "FeatureNode"
+    ERROR = "ErrorNode"
+    TOKEN = "TokenNode"
+    LOGIT = "LogitNode"
+
+
+@strawberry.type(description="A kept node of one graph; `node` is the Neuronpedia node id.")
+class GraphNode:
+    node: strawberry.ID
+    kind: NodeKind
+    layer: int
+    position: int
+    influence: float | None
+    activation: float | None
+    feature_index: int | None
+    token_id: int | None
+    probability: float | None
+    ref: strawberry.Private[str | None]
+
+    @strawberry.field(description="The global feature of a feature node.")
+    async def feature(self, info: Info) -> Feature | None:
+        return await _feature(info, self.ref if self.kind == NodeKind.FEATURE else None)
+
+    @strawberry.field(description="The vocabulary item of a token or logit node.")
+    async def token(self, info: Info) -> Token | None:
+        if self.kind not in (NodeKind.TOKEN, NodeKind.LOGIT) or self.ref is None:
+            return None
+        row = await _ctx(info).loaders.token.load(self.ref)
+        return Token.of(row) if row else None
+
+
+@strawberry.type(description="A kept edge: the direct effect of `source` on `target` (node ids).")
+class GraphEdge:
+    source: strawberry.ID
+    target: strawberry.ID
+    weight: float
+
+
+@strawberry.type(description="One graph at a pruning level: nodes by influence, edges by |weight| and count.")
+class GraphView:
+    graph_id: strawberry.Private[str]
+    model: strawberry.Private[str]
+    transcoder_set: strawberry.Private[str]
+    min_influence: float
+    min_abs_weight: float
+    top_k: int
+
+    @strawberry.field(description="Feature and error nodes with influence >= minInfluence; all tokens and logits.")
+    async def nodes(self, info: Info) -> list[GraphNode]:
+        rows = await _ctx(info).loaders.nodes.load((self.graph_id, self.min_influence))
+        return [self._node(r) for r in rows]
+
+    @strawberry.field(description="The topK strongest edges with |weight| >= minAbsWeight between kept nodes.")
+    async def edges(self, info: Info) -> list[GraphEdge]:
+        key = (self.graph_id, self.min_influence, self.min_abs_weight, self.top_k)
+        return [GraphEdge(**r) for r in await _ctx(info).loaders.edges.load(key)]
+
+    def _node(self, r: dict) -> GraphNode:
+        kind = NodeKind(r["kind"])
+        ref = None
+        if kind == NodeKind.FEATURE:
+            ref = feature_key(self.transcoder_set, r["layer"], r["feature"])
+        elif kind in (NodeKind.TOKEN, NodeKind.LOGIT):
+            ref = token_key(self.model, r["token_id"])
+        return GraphNode(
+            node=r["node"],
+            kind=kind,
+            layer=r["layer"],
+            position=r["position"],
+            influence=r.get("influence"),
+            activation=r.get("activation"),
+            feature_index=r.get("feature"),
+            token_id=r.get("token_id"),
+            probability=r.get("probability"),
+            ref=ref,
+        )
+
+
+@strawberry.type(description="A graph similar to another (Jaccard similarity of their features).")
+class SimilarGraph:
+    graph_id: strawberry.ID
+    text: str
+    score: float
+
+    @strawberry.field
+    async def graph(self, info: Info) -> Graph | None:
+        return await _graph(info, self.graph_id)
+
+
+@strawberry.type(description="The attribution graph of one prompt under one transcoder set (pruned).")
+class Graph:
+    id: strawberry.ID
+    model: str
+    transcoder_set: str
+    prompt_id: strawberry.ID
+    prompt_text: str
+    replacement_score: float | None
+    completeness_score: float | None
+    top_token: str | None = strawberry.field(description="The model's prediction.")
+    correct: bool | None = strawberry.field(description="Whether the prediction is the expected answer.")
+    node_threshold: float | None
+    edge_threshold: float | None
+    n_nodes: int
+    n_edges: int
+    n_nodes_full: int | None
+    n_edges_full: int | None
+    format: str | None
+
+    @classmethod
+    def of(cls, row: dict) -> Graph:
+        return cls(
+            id=row["id"],
+            model=row["model"],
+            transcoder_set=row["transcoder_set"],
+            prompt_id=row["prompt"],
+            prompt_text=row.get("prompt_text", ""),
+            replacement_score=row.get("replacement_score"),
+            completeness_score=row.get("completeness_score"),
+            top_token=row.get("top_token"),
+            correct=row.get("correct"),
+            node_threshold=row.get("node_threshold"),
+            edge_threshold=row.get("edge_threshold"),
+            n_nodes=row.get("n_nodes", 0),
+            n_edges=row.get("n_edges", 0),
+            n_nodes_full=row.get("n_nodes_full"),
+            n_edges_full=row.get("n_edges_full"),
+            format=row.get("format"),
+        )
+
+    @strawberry.field
+    async def prompt(self, info: Info) -> Prompt | None:
+        row = await _ctx(info).loaders.prompt.load(self.prompt_id)
+        return Prompt.of(row) if row else None
+
+    @strawberry.field(description="The graph's nodes and edges at a pruning level (defaults: everything stored, "
+                      "the 1,000 strongest edges).")
+    def view(
+        self, info: Info, min_influence: float = 0.0, min_abs_weight: float = 0.0, top_k: int = 1000
+    ) -> GraphView:
+        limits = _ctx(info).limits
+        if not 1 <= top_k <= limits.max_edges:
+            raise ApiError(BAD_USER_INPUT, f"topK must be between 1 and {limits.max_edges}, got {top_k}")
+        if min_abs_weight < 0:
+            raise ApiError(BAD_USER_INPUT, f"minAbsWeight must be >= 0, got {min_abs_weight}")
+        return GraphView(
+            graph_id=self.id,
+            model=self.model,
+            transcoder_set=self.transcoder_set,
+            min_influence=min_influence,
+            min_abs_weight=min_abs_weight,
+            top_k=top_k,
+        )
+
+    @strawberry.field(description="The most similar graphs (after `analyze --step similarity`).")
+    async def similar(self, info: Info, limit: int = 10) -> list[SimilarGraph]:
+        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
+        rows = await _ctx(info).loaders.similar.load((self.id, limit))
+        return [SimilarGraph(graph_id=r["graph"], text=r["text"], score=r["score"]) for r in rows]
+
+    @strawberry.field(description="Recurring subcircuits occurring in this graph, best ranked first.")
+    async def subcircuits(self, info: Info) -> list[SubcircuitOccurrence]:
+        rows = await _ctx(info).loaders.subcircuits_of_graph.load(self.id)
+        return [
+            SubcircuitOccurrence(
+                graph_id=self.id, weight=r["weight"], influence=r["influence"], subcircuit_row=r["s"]
+            )
+            for r in rows
+        ]
+
+
+# ---------------------------------------------------------------- analysis results
+
+
+@strawberry.type
+class SubcircuitEdge:
+    source: strawberry.ID
+    target: strawberry.ID
+
+
+@strawberry.type(description="A recurring, connected set of feature-level edges (see cypher/README.md).")
+class Subcircuit:
+    key: strawberry.ID
+    rank: int
+    support: int
+    support_fraction: float
+    influence: float | None
+    weight: float | None
+    weight_abs: float | None
+    edges: list[SubcircuitEdge]
+
+    @classmethod
+    def of(cls, row: dict) -> Subcircuit:
+        edges = [SubcircuitEdge(source=s, target=t) for s, t in zip(row["sources"], row["targets"], strict=True)]
+        return cls(
+            key=row["key"],
+            rank=row["rank"],
+            support=row["support"],
+            support_fraction=row["support_fraction"],
+            influence=row.get("influence"),
+            weight=row.get("weight"),
+            weight_abs=row.get("weight_abs"),
+            edges=edges,
+        )
+
+    @strawberry.field(description="Graphs it occurs in, by |weight| there.")
+    async def occurrences(self, info: Info, limit: int = 25) -> list[SubcircuitOccurrence]:
+        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
+        rows = await _ctx(info).loaders.occurrences.load((self.key, limit))
+        return [SubcircuitOccurrence(graph_id=r["graph"], weight=r["weight"], influence=r["influence"],
+                                     subcircuit_row=None, subcircuit_key=self.key) for r in rows]
+
+
+@strawberry.type(description="A subcircuit in one graph: its summed edge weight and largest member influence.")
+class SubcircuitOccurrence:
+    graph_id: strawberry.ID
+    weight: float | None
+    influence: float | None
+    subcircuit_row: strawberry.Private[dict | None]
+    subcircuit_key: strawberry.Private[str | None] = None
+
+    @strawberry.field
+    async def graph(self, info: Info) -> Graph | None:
+        return await _graph(info, self.graph_id)
+
+    @strawberry.field
+    async def subcircuit(self, info: Info) -> Subcircuit | None:
+        row = self.subcircuit_row or await _ctx(info).loaders.subcircuit.load(self.subcircuit_key)
+        return Subcircuit.of(row) if row else None
+
+
+@strawberry.type(description="A named group of features: a community (analysis) or defined by a user ('manual').")
+class Supernode:
+    key: strawberry.ID
+    name: str | None
+    description: str | None
+    algorithm: str | None
+    community: int | None
+    size: int
+    n_features: int
+    internal_weight: float | None
+
+    @classmethod
+    def of(cls, row: dict) -> Supernode:
+        return cls(
+            key=row["key"],
+            name=row.get("name"),
+            description=row.get("description"),
+            algorithm=row.get("algorithm"),
+            community=row.get("community"),
+            size=row.get("size", 0),
+            n_features=row.get("features", 0),
+            internal_weight=row.get("internal_weight"),
+        )
+
+    @strawberry.field(description="Keys of the member Features (and Tokens, for communities).")
+    async def members(self, info: Info) -> list[strawberry.ID]:
+        return await _ctx(info).loaders.members.load(self.key)
+
+
+# ---------------------------------------------------------------- comparisons
+
+
+@strawberry.type(description="A feature across the compared graphs, side by side (null where absent).")
+class FeatureAcross:
+    key: strawberry.ID
+    graphs: int = strawberry.field(description="How many of the compared graphs keep it.")
+    shared: bool
+    unique_to: strawberry.ID | None = strawberry.field(description="The one graph keeping it, if only one does.")
+    influence: list[float | None] = strawberry.field(description="Largest instance influence, per graph.")
+    activation: list[float | None] = strawberry.field(description="Largest instance activation, per graph.")
+
+    @strawberry.field
+    async def feature(self, info: Info) -> Feature | None:
+        return await _feature(info, self.key)
+
+
+@strawberry.type(description="A subcircuit across the compared graphs, side by side (null where absent).")
+class SubcircuitAcross:
+    key: strawberry.ID
+    graphs: int
+    shared: bool
+    unique_to: strawberry.ID | None
+    weight: list[float | None]
+    influence: list[float | None]
+
+    @strawberry.field
+    async def subcircuit(self, info: Info) -> Subcircuit | None:
+        row = await _ctx(info).loaders.subcircuit.load(self.key)
+        return Subcircuit.of(row) if row else None
+
+
+@strawberry.enum
+class Presence(enum.Enum):
+    ALL = "all"
+    SHARED = "shared"
+    UNIQUE = "unique"
+
+
+def _across(values: dict[str, dict[str, dict]], columns: list[str], only: Presence) -> list[dict]:
+    """Rows `key -> {graph: {field: value}}` aligned to `columns`, filtered by presence, most shared first."""
+    rows = []
+    for key, per_graph in values.items():
+        shared, unique = len(per_graph) == len(columns), len(per_graph) == 1
+        if (only == Presence.SHARED and not shared) or (only == Presence.UNIQUE and not unique):
+            continue
+        rows.append({"key": key, "graphs": len(per_graph), "shared": shared,
+                     "unique_to": next(iter(per_graph)) if unique else None, "per_graph": per_graph})
+    peak = {r["key"]: max(abs(v.get("influence") or 0.0) for v in r["per_graph"].values()) for r in rows}
+    rows.sort(key=lambda r: (-r["graphs"], -peak[r["key"]], r["key"]))
+    return rows
+
+
+@strawberry.type(description="Two or more graphs side by side: shared and unique features and subcircuits.")
+class GraphComparison:
+    graph_ids: list[strawberry.ID] = strawberry.field(description="The columns of every side-by-side list.")
+
+    @strawberry.field
+    async def graphs(self, info: Info) -> list[Graph | None]:
+        return [await _graph(info, g) for g in self.graph_ids]
+
+    @strawberry.field
+    async def features(self, info: Info, only: Presence = Presence.ALL, limit: int = 50) -> list[FeatureAcross]:
+        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
+        values: dict[str, dict[str, dict]] = {}
+        for r in await _ctx(info).call(_ctx(info).repo.feature_presence, self.graph_ids):
+            values.setdefault(r["feature"], {})[r["id"]] = r
+        rows = _across(values, self.graph_ids, only)[:limit]
+        return [
+            FeatureAcross(
+                key=r["key"], graphs=r["graphs"], shared=r["shared"], unique_to=r["unique_to"],
+                influence=[r["per_graph"].get(g, {}).get("influence") for g in self.graph_ids],
+                activation=[r["per_graph"].get(g, {}).get("activation") for g in self.graph_ids],
+            )
+            for r in rows
+        ]
+
+    @strawberry.field
+    async def subcircuits(self, info: Info, only: Presence = Presence.ALL, limit: int = 50) -> list[SubcircuitAcross]:
+        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
+        found = await _ctx(info).loaders.subcircuits_of_graph.load_many(self.graph_ids)
+        values: dict[str, dict[str, dict]] = {}
+        for graph_id, rows in zip(self.graph_ids, found, strict=True):
+            for r in rows:
+                values.setdefault(r["s"]["key"], {})[graph_id] = r
+        return [
+            SubcircuitAcross(
+                key=r["key"], graphs=r["graphs"], shared=r["shared"], unique_to=r["unique_to"],
+                weight=[r["per_graph"].get(g, {}).get("weight") for g in self.graph_ids],
+                influence=[r["per_graph"].get(g, {}).get("influence") for g in self.graph_ids],
+            )
+            for r in _across(values, self.graph_ids, only)[:limit]
+        ]
+
+
+@strawberry.type(description="A feature whose presence differs between sides A and B (compare_features.cypher).")
+class FeatureContrast:
+    key: strawberry.ID
+    k_a: int
+    n_a: int
+    k_b: int
+    n_b: int
+    p_a: float
+    p_b: float
+    diff: float
+    log_odds: float
+    se: float
+    z: float
+    influence_a: float | None
+    influence_b: float | None
+
+    @strawberry.field
+    async def feature(self, info: Info) -> Feature | None:
+        return await _feature(info, self.key)
+
+
+@strawberry.type(description="A subcircuit whose support differs between sides A and B.")
+class SubcircuitContrast:
+    key: strawberry.ID
+    rank: int
+    k_a: int
+    n_a: int
+    k_b: int
+    n_b: int
+    p_a: float
+    p_b: float
+    diff: float
+    log_odds: float
+    se: float
+    z: float
+    influence_a: float | None
+    influence_b: float | None
+
+    @strawberry.field
+    async def subcircuit(self, info: Info) -> Subcircuit | None:
+        row = await _ctx(info).loaders.subcircuit.load(self.key)
+        return Subcircuit.of(row) if row else None
+
+
+@strawberry.type(description="A feature seen on one side only (features_unique.cypher).")
+class UniqueFeature:
+    key: strawberry.ID
+    side: str
+    graphs_a: int
+    graphs_b: int
+    mean_influence: float | None
+
+    @strawberry.field
+    async def feature(self, info: Info) -> Feature | None:
+        return await _feature(info, self.key)
+
+
+_CONTRAST = ("k_a", "n_a", "k_b", "n_b", "p_a", "p_b", "diff", "log_odds", "se", "z", "influence_a", "influence_b")
+
+
+@strawberry.type(description="Two prompt sets compared: A and B by correctness or by tag.")
+class SetComparison:
+    a: str
+    b: str
+    n_a: int
+    n_b: int
+    split: strawberry.Private[Split]
+    result: strawberry.Private[Comparison]
+    min_graphs: strawberry.Private[int]
+
+    @strawberry.field(description="Features ranked by |p_a - p_b|, then |z|.")
+    def features(self) -> list[FeatureContrast]:
+        return [FeatureContrast(key=r["feature"], **{k: r[k] for k in _CONTRAST}) for r in self.result.features]
+
+    @strawberry.field(description="Subcircuits ranked by |p_a - p_b|, then |z|.")
+    def subcircuits(self) -> list[SubcircuitContrast]:
+        return [
+            SubcircuitContrast(key=r["subcircuit"], rank=r["rank"], **{k: r[k] for k in _CONTRAST})
+            for r in self.result.subcircuits
+        ]
+
+    @strawberry.field(description="Features seen on one side only, in >= minGraphs graphs.")
+    async def unique_features(self, info: Info, limit: int = 25) -> list[UniqueFeature]:
+        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
+        repo = _ctx(info).repo
+        rows = await _ctx(info).call(
+            run_query, repo.driver, "features_unique", database=repo.database,
+            min_graphs=self.min_graphs, limit=limit, **self.split.params(),
+        )
+        return [
+            UniqueFeature(key=r["feature"], side=r["side"], graphs_a=r["graphs_a"], graphs_b=r["graphs_b"],
+                          mean_influence=r["mean_influence"])
+            for r in rows
+        ]
+
+
+@strawberry.input(description="Sides of a set comparison: split='correct', or both aTag and bTag.")
+class SidesInput:
+    split: str | None = None
+    a_tag: str | None = None
+    b_tag: str | None = None
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@strawberry.type(description="An ingest run recorded in the database (`:IngestJob`).")
+class IngestJob:
+    id: strawberry.ID
+    status: str
+    started: str | None
+    finished: str | None
+    graphs_loaded: int
+    graphs_skipped: int
+    errors: list[str]
+    parameters: str = strawberry.field(description="The job's parameters, as JSON.")
+
+    @classmethod
+    def of(cls, row: dict) -> IngestJob:
+        return cls(
+            id=row["id"], status=row["status"], started=row.get("started"), finished=row.get("finished"),
+            graphs_loaded=row.get("graphs_loaded", 0), graphs_skipped=row.get("graphs_skipped", 0),
+            errors=row.get("errors") or [], parameters=row.get("parameters") or "{}",
+        )
+
+
+@strawberry.type(description="A job started through the API (ingest or analysis); poll it for progress.")
+class Job:
+    id: strawberry.ID
+    kind: str
+    status: str = strawberry.field(description="queued, running, finished or failed.")
+    error: str | None
+    total: int = strawberry.field(description="Prompts (ingest) or steps (analysis) to do.")
+    created: str
+    started: str | None
+    finished: str | None
+    summary: str = strawberry.field(description="What the job reported when done, as JSON.")
+    marker: strawberry.Private[str | None]
+
+    @classmethod
+    def of(cls, job: JobState) -> Job:
+        return cls(
+            id=job.id, kind=job.kind, status=job.status, error=job.error, total=job.total, created=job.created,
+            started=job.started, finished=job.finished, summary=json.dumps(job.summary, default=str),
+            marker=job.marker,
+        )
+
+    @strawberry.field(description="The ingest job's database record, with its live counters.")
+    async def ingest_job(self, info: Info) -> IngestJob | None:
+        if self.marker is None:
+            return None
+        row = await _ctx(info).call(_ctx(info).repo.ingest_job_by_marker, self.marker)
+        return IngestJob.of(row) if row else None
+
+    @strawberry.field(description="Share of the work done, 0..1 (ingest: graphs loaded or skipped).")
+    async def progress(self, info: Info) -> float:
+        if self.status == "finished":
+            return 1.0
+        record = await self.ingest_job(info) if self.kind == "ingest" else None
+        if record is None or self.total == 0:
+            return 0.0
+        return min(1.0, (record.graphs_loaded + record.graphs_skipped + len(record.errors)) / self.total)
+
+
+@strawberry.type(description="The last run of one analysis step (`:AnalysisRun`).")
+class AnalysisRun:
+    step: strawberry.ID
+    status: str | None
+    started: str | None
+    finished: str | None
+    params: str | None
+    summary: str | None
+
+
+@strawberry.input(description="A prompt to attribute and load.")
+class PromptInput:
+    text: str
+    answer: str | None = None
+    tags: list[str] = strawberry.field(default_factory=list)
+    dataset: str = ""
+    id: str | None = None
+
+
+# ---------------------------------------------------------------- connections
+
+
+@strawberry.type
+class GraphConnectionEdge:
+    cursor: str
+    node: Graph
+
+
+@strawberry.type
+class GraphConnection:
+    edges: list[GraphConnectionEdge]
+    page_info: PageInfo
+    where: strawberry.Private[GraphFilter]
+
+    @strawberry.field(description="Graphs matching the filter, over all pages (one extra query).")
+    async def total_count(self, info: Info) -> int:
+        return await _ctx(info).call(_ctx(info).repo.graphs_count, self.where)
+
+
+@strawberry.type
+class PromptConnectionEdge:
+    cursor: str
+    node: Prompt
+
+
+@strawberry.type
+class PromptConnection:
+    edges: list[PromptConnectionEdge]
+    page_info: PageInfo
+
+
+@strawberry.type
+class SubcircuitConnectionEdge:
+    cursor: str
+    node: Subcircuit
+
+
+@strawberry.type
+class SubcircuitConnection:
+    edges: list[SubcircuitConnectionEdge]
+    page_info: PageInfo
+
+
+@strawberry.input(description="Filters on graphs (and, for prompts, on the prompt's graphs); all optional.")
+class GraphFilterInput:
+    tag: str | None = None
+    dataset: str | None = None
+    correct: bool | None = None
+    model: str | None = None
+    transcoder_set: str | None = None
+    feature: strawberry.ID | None = strawberry.field(default=None, description="A Feature key the graph keeps.")
+
+    def to_filter(self) -> GraphFilter:
+        return GraphFilter(
+            tag=self.tag, dataset=self.dataset, correct=self.correct, model=self.model,
+            transcoder_set=self.transcoder_set, feature=self.feature,
+        )
+
+
+def _page(rows: list[dict], first: int) -> tuple[list[dict], bool]:
+    return rows[:first], len(rows) > first
+
+
+async def _one(info: Info, what: str, key: str, load: Callable[[str], Awaitable[Any]]) -> Any:
+    row = await load(key)
+    if row is None:
+        raise ApiError(NOT_FOUND, f"no {what} {key!r}")
+    return row
+
+
+def _split(sides: SidesInput) -> Split:
+    try:
+        return Split(split=sides.split, a_tag=sides.a_tag, b_tag=sides.b_tag)
+    except AnalysisError as exc:
+        raise ApiError(BAD_USER_INPUT, str(exc)) from None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    async def models(self, info: Info) -> list[Model]:
+        rows = await _ctx(info).call(_ctx(info).repo.models)
+        return [Model(name=r["name"], transcoder_sets=r["sets"]) for r in rows]
+
+    @strawberry.field
+    async def transcoder_sets(self, info: Info) -> list[TranscoderSet]:
+        return [TranscoderSet(**r) for r in await _ctx(info).call(_ctx(info).repo.transcoder_sets)]
+
+    @strawberry.field(description="Complete graphs matching `filter`, by id.")
+    async def graphs(
+        self, info: Info, filter: GraphFilterInput | None = None, first: int = 20, after: str | None = None
+    ) -> GraphConnection:
+        ctx = _ctx(info)
+        first, where = page_size(first, limits=ctx.limits), (filter or GraphFilterInput()).to_filter()
+        rows, more = _page(await ctx.call(ctx.repo.graphs_page, where, after=_after("graph", after), limit=first + 1), first)
+        edges = [GraphConnectionEdge(cursor=_cursor("graph", r["id"]), node=Graph.of(r)) for r in rows]
+        return GraphConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None), where=where)
+
+    @strawberry.field(description="Prompts matching `filter` (graph fields: some graph of the prompt), by id.")
+    async def prompts(
+        self, info: Info, filter: GraphFilterInput | None = None, first: int = 20, after: str | None = None
+    ) -> PromptConnection:
+        ctx = _ctx(info)
+        first, where = page_size(first, limits=ctx.limits), (filter or GraphFilterInput()).to_filter()
+        rows, more = _page(await ctx.call(ctx.repo.prompts_page, where, after=_after("prompt", after), limit=first + 1), first)
+        edges = [PromptConnectionEdge(cursor=_cursor("prompt", r["id"]), node=Prompt.of(r)) for r in rows]
+        return PromptConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None))
+
+    @strawberry.field
+    async def graph(self, info: Info, id: strawberry.ID) -> Graph:
+        return Graph.of(await _one(info, "complete graph", id, _ctx(info).loaders.graph.load))
+
+    @strawberry.field
+    async def prompt(self, info: Info, id: strawberry.ID) -> Prompt:
+        return Prompt.of(await _one(info, "prompt", id, _ctx(info).loaders.prompt.load))
+
+    @strawberry.field(description="A feature by key ('set/layer/index').")
+    async def feature(self, info: Info, key: strawberry.ID) -> Feature:
+        return Feature.of(await _one(info, "feature", key, _ctx(info).loaders.feature.load))
+
+    @strawberry.field(description="Hub features by PageRank or betweenness (after `analyze --step hubs`).")
+    async def hub_features(self, info: Info, order: str = "pagerank", limit: int = 20) -> list[Feature]:
+        ctx = _ctx(info)
+        if order not in ("pagerank", "betweenness"):
+            raise ApiError(BAD_USER_INPUT, f"order must be 'pagerank' or 'betweenness', got {order!r}")
+        limit = page_size(limit, limits=ctx.limits, name="limit")
+        rows = await ctx.call(run_query, ctx.repo.driver, "hub_features", database=ctx.repo.database, order=order, limit=limit)
+        found = await ctx.loaders.feature.load_many([r["feature"] for r in rows])
+        return [Feature.of(f) for f in found if f]
+
+    @strawberry.field(description="Recurring subcircuits, best ranked (support, then influence) first.")
+    async def subcircuits(
+        self, info: Info, min_support: int = 1, first: int = 20, after: str | None = None
+    ) -> SubcircuitConnection:
+        ctx = _ctx(info)
+        first = page_size(first, limits=ctx.limits)
+        rows, more = _page(await ctx.call(ctx.repo.subcircuits_page, min_support=min_support, after=_after("subcircuit", after), limit=first + 1), first)
+        edges = [SubcircuitConnectionEdge(cursor=_cursor("subcircuit", r["rank"]), node=Subcircuit.of(r)) for r in rows]
+        return SubcircuitConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None))
+
+    @strawberry.field
+    async def subcircuit(self, info: Info, key: strawberry.ID) -> Subcircuit:
+        return Subcircuit.of(await _one(info, "subcircuit", key, _ctx(info).loaders.subcircuit.load))
+
+    @strawberry.field(description="Supernodes, largest first.")
+    async def supernodes(self, info: Info, limit: int = 20) -> list[Supernode]:
+        ctx = _ctx(info)
+        limit = page_size(limit, limits=ctx.limits, name="limit")
+        return [Supernode.of(r) for r in await ctx.call(ctx.repo.supernodes, limit=limit)]
+
+    @strawberry.field(description="Compare the graphs of two or more prompts side by side.")
+    async def compare_prompts(
+        self, info: Info, prompt_ids: list[strawberry.ID], transcoder_set: str | None = None
+    ) -> GraphComparison:
+        ctx = _ctx(info)
+        if not 2 <= len(set(prompt_ids)) <= ctx.limits.max_page_size:
+            raise ApiError(BAD_USER_INPUT, f"compare 2 to {ctx.limits.max_page_size} distinct prompts, got {len(set(prompt_ids))}")
+        found = await ctx.loaders.graphs_of_prompt.load_many(list(dict.fromkeys(prompt_ids)))
+        graphs: list[str] = []
+        for prompt_id, rows in zip(dict.fromkeys(prompt_ids), found, strict=True):
+            rows = [r for r in rows if transcoder_set is None or r["transcoder_set"] == transcoder_set]
+            if not rows:
+                raise ApiError(NOT_FOUND, f"prompt {prompt_id!r} has no complete graph" + (f" under {transcoder_set!r}" if transcoder_set else ""))
+            graphs.extend(r["id"] for r in rows)
+        return GraphComparison(graph_ids=graphs)
+
+    @strawberry.field(description="Compare two prompt sets: split='correct' or aTag vs bTag.")
+    async def compare_sets(self, info: Info, sides: SidesInput, limit: int = 25, min_graphs: int = 2) -> SetComparison:
+        ctx = _ctx(info)
+        split, limit = _split(sides), page_size(limit, limits=ctx.limits, name="limit")
+        try:
+            result = await ctx.call(compare, ctx.repo.driver, split, limit=limit, min_graphs=min_graphs, database=ctx.repo.database)
+        except AnalysisError as exc:
+            raise ApiError(BAD_USER_INPUT, str(exc)) from None
+        a, b = split.names()
+        return SetComparison(a=a, b=b, n_a=result.n_a, n_b=result.n_b, split=split, result=result, min_graphs=min_graphs)
+
+    @strawberry.field(description="Ingest runs recorded in the database, newest first.")
+    async def ingest_jobs(self, info: Info, limit: int = 20) -> list[IngestJob]:
+        ctx = _ctx(info)
+        limit = page_size(limit, limits=ctx.limits, name="limit")
+        return [IngestJob.of(r) for r in await ctx.call(ctx.repo.ingest_jobs, job_id=None, limit=limit)]
+
+    @strawberry.field
+    async def ingest_job(self, info: Info, id: strawberry.ID) -> IngestJob:
+        ctx = _ctx(info)
+        rows = await ctx.call(ctx.repo.ingest_jobs, job_id=id, limit=1)
+        if not rows:
+            raise ApiError(NOT_FOUND, f"no ingest job {id!r}")
+        return IngestJob.of(rows[0])
+
+    @strawberry.field(description="A job started through this server (kept in memory until it restarts).")
+    def job(self, info: Info, id: strawberry.ID) -> Job:
+        state = _ctx(info).jobs.get(id)
+        if state is None:
+            raise ApiError(NOT_FOUND, f"no job {id!r} on this server")
+        return Job.of(state)
+
+    @strawberry.field
+    def jobs(self, info: Info) -> list[Job]:
+        return [Job.of(j) for j in _ctx(info).jobs.list()]
+
+    @strawberry.field
+    async def analysis_runs(self, info: Info) -> list[AnalysisRun]:
+        rows = await _ctx(info).call(_ctx(info).repo.analysis_runs)
+        return [
+            AnalysisRun(step=r["id"], status=r.get("status"), started=r.get("started"), finished=r.get("finished"),
+                        params=r.get("params"), summary=r.get("summary"))
+            for r in rows
+        ]
+
+
+def _prompts(inputs: Sequence[PromptInput]) -> list[Any]:
+    from circuitbase.engine.prompts import Prompt as EnginePrompt
+    from circuitbase.engine.prompts import prompt_id
+
+    out = []
+    for i, p in enumerate(inputs):
+        if not p.text.strip():
+            raise ApiError(BAD_USER_INPUT, f"prompts[{i}]: text is empty")
+        out.append(EnginePrompt(text=p.text, answer=p.answer, tags=tuple(p.tags), dataset=p.dataset,
+                                id=p.id or prompt_id(p.text, p.answer)))
+    return out
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Attribute and load prompts in the background; poll `job(id)`.")
+    def start_ingest(self, info: Info, prompts: list[PromptInput], max_feature_nodes: int = 256) -> Job:
+        ctx = _ctx(info)
+        if not 1 <= len(prompts) <= 10_000:
+            raise ApiError(BAD_USER_INPUT, f"give 1 to 10,000 prompts, got {len(prompts)}")
+        if max_feature_nodes < 1:
+            raise ApiError(BAD_USER_INPUT, f"maxFeatureNodes must be >= 1, got {max_feature_nodes}")
+        try:
+            return Job.of(ctx.jobs.start_ingest(_prompts(prompts), max_feature_nodes=max_feature_nodes))
+        except JobError as exc:
+            raise ApiError(BAD_USER_INPUT, str(exc)) from None
+
+    @strawberry.mutation(description=f"Run analysis steps in the background (default all: {', '.join(STEPS)}).")
+    def start_analysis(self, info: Info, steps: list[str] | None = None) -> Job:
+        steps = list(steps or STEPS)
+        unknown = [s for s in steps if s not in STEPS]
+        if unknown or not steps:
+            raise ApiError(BAD_USER_INPUT, f"unknown analysis steps {unknown}; choose from {', '.join(STEPS)}")
+        return Job.of(_ctx(info).jobs.start_analysis([s for s in STEPS if s in steps]))
+
+    @strawberry.mutation(description="Set a feature's label.")
+    async def label_feature(self, info: Info, key: strawberry.ID, label: str) -> Feature:
+        ctx = _ctx(info)
+        if not label.strip() or len(label) > 500:
+            raise ApiError(BAD_USER_INPUT, "a label must have 1 to 500 characters")
+        row = await ctx.call(ctx.repo.label_feature, key, label.strip(), source=f"api:{ctx.caller.name}")
+        if row is None:
+            raise ApiError(NOT_FOUND, f"no feature {key!r}")
+        return Feature.of(row)
+
+    @strawberry.mutation(description="Define (or redefine) a supernode: a named group of features.")
+    async def define_supernode(
+        self, info: Info, name: str, features: list[strawberry.ID], description: str = ""
+    ) -> Supernode:
+        ctx = _ctx(info)
+        keys = list(dict.fromkeys(features))
+        if not name.strip() or not keys or len(keys) > 1000:
+            raise ApiError(BAD_USER_INPUT, "a supernode needs a non-empty name and 1 to 1,000 features")
+        missing = await ctx.call(ctx.repo.missing_features, keys)
+        if missing:
+            raise ApiError(NOT_FOUND, f"no features {missing[:10]}")
+        row = await ctx.call(ctx.repo.define_supernode, key=f"manual-{name.strip()}", name=name.strip(),
+                             description=description, features=keys)
+        return Supernode.of(row)
