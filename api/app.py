@@ -126,7 +126,11 @@ def create_app(*, config: ApiConfig | None = None, driver: neo4j.Driver | None =
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Neo4j answers a query.", responses={503: {"description": "Neo4j does not answer."}})
+    @app.get(
+        "/readyz",
+        summary="Neo4j answers a query.",
+        responses={503: {"description": "Neo4j does not answer."}},
+    )
     def readyz() -> JSONResponse:
         repo: Repository = state["repo"]  # type: ignore[assignment]
         try:

@@ -31,7 +31,9 @@ _CONSTRAINT = "CREATE CONSTRAINT api_key_id IF NOT EXISTS FOR (k:ApiKey) REQUIRE
 _CREATE = """
 CREATE (k:ApiKey {id: $id, name: $name, salt: $salt, hash: $hash, created: datetime(), revoked: false})
 """
-_GET = "MATCH (k:ApiKey {id: $id}) RETURN k.salt AS salt, k.hash AS hash, k.revoked AS revoked, k.name AS name"
+_GET = (
+    "MATCH (k:ApiKey {id: $id}) RETURN k.salt AS salt, k.hash AS hash, k.revoked AS revoked, k.name AS name"
+)
 _LIST = """
 MATCH (k:ApiKey)
 RETURN k.id AS id, k.name AS name, toString(k.created) AS created, k.revoked AS revoked

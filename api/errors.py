@@ -58,7 +58,10 @@ def _code_of(error: GraphQLError) -> tuple[str, GraphQLError | None]:
     if isinstance(original, GraphQLError) and original.extensions and "code" in original.extensions:
         return original.extensions["code"], None
     if isinstance(original, neo4j.exceptions.Neo4jError) and str(original.code).startswith(_TIMEOUT_CODES):
-        message = "the query took longer than the server's time limit; ask for less (smaller pages, stricter pruning)"
+        message = (
+            "the query took longer than the server's time limit; "
+            "ask for less (smaller pages, stricter pruning)"
+        )
         return TIMEOUT, GraphQLError(message, error.nodes, path=error.path)
     log.error("unexpected error in %s", error.path, exc_info=original)
     return INTERNAL, GraphQLError("internal error", error.nodes, path=error.path)

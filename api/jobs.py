@@ -74,9 +74,11 @@ class JobRunner:
         return sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)
 
     def start_ingest(self, prompts: Sequence[Any], *, max_feature_nodes: int | None) -> JobState:
-        """Queue attribution + loading of `prompts` (engine `Prompt`s); JobError without a configured model."""
+        """Queue attribution + loading of `prompts` (engine `Prompt`s); JobError without a model."""
         if self.ingest is None:
-            raise JobError("this server has no model for ingest jobs: start it with --model and --transcoders")
+            raise JobError(
+                "this server has no model for ingest jobs: start it with --model and --transcoders"
+            )
         settings = self.ingest
         job = self._new("ingest", total=len(prompts))
         out_dir = settings.graphs_out / job.id
@@ -100,8 +102,13 @@ class JobRunner:
                 config=IngestConfig(skip_bad=True, database=self.database),
                 show_progress=False,
             )
-            return {"ingest_job": summary.job_id, "loaded": summary.loaded, "skipped": summary.skipped,
-                    "bad": summary.bad, "status": summary.status}
+            return {
+                "ingest_job": summary.job_id,
+                "loaded": summary.loaded,
+                "skipped": summary.skipped,
+                "bad": summary.bad,
+                "status": summary.status,
+            }
 
         return self._submit(job, work)
 

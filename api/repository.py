@@ -26,7 +26,9 @@ class TimedDriver:
     def __init__(self, driver: neo4j.Driver, *, timeout_s: float) -> None:
         self.driver, self.timeout_s = driver, timeout_s
 
-    def execute_query(self, query: str | neo4j.Query, parameters: dict[str, Any] | None = None, **kwargs: Any):
+    def execute_query(
+        self, query: str | neo4j.Query, parameters: dict[str, Any] | None = None, **kwargs: Any
+    ):
         if not isinstance(query, neo4j.Query):
             query = neo4j.Query(query, timeout=self.timeout_s)
         return self.driver.execute_query(query, parameters, **kwargs)
@@ -210,7 +212,9 @@ MATCH (f:Feature {key: $key})
 SET f.label = $label, f.label_source = $source, f.labelled = datetime()
 RETURN f {.*} AS f
 """
-_MISSING_FEATURES = "UNWIND $keys AS key OPTIONAL MATCH (f:Feature {key: key}) WITH key, f WHERE f IS NULL RETURN key"
+_MISSING_FEATURES = (
+    "UNWIND $keys AS key OPTIONAL MATCH (f:Feature {key: key}) WITH key, f WHERE f IS NULL RETURN key"
+)
 _DEFINE_SUPERNODE = """
 MERGE (s:Supernode {key: $key})
 SET s.name = $name, s.description = $description, s.algorithm = 'manual', s.size = size($features),
@@ -263,7 +267,9 @@ class Repository:
         return [r["p"] for r in self.read(_PROMPTS_PAGE, after=after, limit=limit, **where.params())]
 
     def subcircuits_page(self, *, min_support: int, after: int | None, limit: int) -> list[dict]:
-        return [r["s"] for r in self.read(_SUBCIRCUITS_PAGE, min_support=min_support, after=after, limit=limit)]
+        return [
+            r["s"] for r in self.read(_SUBCIRCUITS_PAGE, min_support=min_support, after=after, limit=limit)
+        ]
 
     def supernodes(self, *, limit: int) -> list[dict]:
         return [r["s"] for r in self.read(_SUPERNODES, limit=limit)]

@@ -137,7 +137,9 @@ class Feature:
             betweenness=row.get("betweenness"),
         )
 
-    @strawberry.field(description="Complete graphs keeping an instance of this feature, most influential first.")
+    @strawberry.field(
+        description="Complete graphs keeping an instance of this feature, most influential first."
+    )
     async def graphs(self, info: Info, min_influence: float = 0.0, limit: int = 25) -> list[FeatureInGraph]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         rows = await _ctx(info).loaders.feature_graphs.load((self.key, min_influence, limit))
@@ -293,12 +295,16 @@ class GraphView:
     min_abs_weight: float
     top_k: int
 
-    @strawberry.field(description="Feature and error nodes with influence >= minInfluence; all tokens and logits.")
+    @strawberry.field(
+        description="Feature and error nodes with influence >= minInfluence; all tokens and logits."
+    )
     async def nodes(self, info: Info) -> list[GraphNode]:
         rows = await _ctx(info).loaders.nodes.load((self.graph_id, self.min_influence))
         return [self._node(r) for r in rows]
 
-    @strawberry.field(description="The topK strongest edges with |weight| >= minAbsWeight between kept nodes.")
+    @strawberry.field(
+        description="The topK strongest edges with |weight| >= minAbsWeight between kept nodes."
+    )
     async def edges(self, info: Info) -> list[GraphEdge]:
         key = (self.graph_id, self.min_influence, self.min_abs_weight, self.top_k)
         return [GraphEdge(**r) for r in await _ctx(info).loaders.edges.load(key)]
@@ -380,8 +386,10 @@ class Graph:
         row = await _ctx(info).loaders.prompt.load(self.prompt_id)
         return Prompt.of(row) if row else None
 
-    @strawberry.field(description="The graph's nodes and edges at a pruning level (defaults: everything stored, "
-                      "the 1,000 strongest edges).")
+    @strawberry.field(
+        description="The graph's nodes and edges at a pruning level (defaults: everything stored, "
+        "the 1,000 strongest edges)."
+    )
     def view(
         self, info: Info, min_influence: float = 0.0, min_abs_weight: float = 0.0, top_k: int = 1000
     ) -> GraphView:
@@ -438,7 +446,9 @@ class Subcircuit:
 
     @classmethod
     def of(cls, row: dict) -> Subcircuit:
-        edges = [SubcircuitEdge(source=s, target=t) for s, t in zip(row["sources"], row["targets"], strict=True)]
+        edges = [
+            SubcircuitEdge(source=s, target=t) for s, t in zip(row["sources"], row["targets"], strict=True)
+        ]
         return cls(
             key=row["key"],
             rank=row["rank"],
@@ -454,11 +464,21 @@ class Subcircuit:
     async def occurrences(self, info: Info, limit: int = 25) -> list[SubcircuitOccurrence]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         rows = await _ctx(info).loaders.occurrences.load((self.key, limit))
-        return [SubcircuitOccurrence(graph_id=r["graph"], weight=r["weight"], influence=r["influence"],
-                                     subcircuit_row=None, subcircuit_key=self.key) for r in rows]
+        return [
+            SubcircuitOccurrence(
+                graph_id=r["graph"],
+                weight=r["weight"],
+                influence=r["influence"],
+                subcircuit_row=None,
+                subcircuit_key=self.key,
+            )
+            for r in rows
+        ]
 
 
-@strawberry.type(description="A subcircuit in one graph: its summed edge weight and largest member influence.")
+@strawberry.type(
+    description="A subcircuit in one graph: its summed edge weight and largest member influence."
+)
 class SubcircuitOccurrence:
     graph_id: strawberry.ID
     weight: float | None
@@ -476,7 +496,9 @@ class SubcircuitOccurrence:
         return Subcircuit.of(row) if row else None
 
 
-@strawberry.type(description="A named group of features: a community (analysis) or defined by a user ('manual').")
+@strawberry.type(
+    description="A named group of features: a community (analysis) or defined by a user ('manual')."
+)
 class Supernode:
     key: strawberry.ID
     name: str | None
@@ -513,7 +535,9 @@ class FeatureAcross:
     key: strawberry.ID
     graphs: int = strawberry.field(description="How many of the compared graphs keep it.")
     shared: bool
-    unique_to: strawberry.ID | None = strawberry.field(description="The one graph keeping it, if only one does.")
+    unique_to: strawberry.ID | None = strawberry.field(
+        description="The one graph keeping it, if only one does."
+    )
     influence: list[float | None] = strawberry.field(description="Largest instance influence, per graph.")
     activation: list[float | None] = strawberry.field(description="Largest instance activation, per graph.")
 
@@ -551,8 +575,15 @@ def _across(values: dict[str, dict[str, dict]], columns: list[str], only: Presen
         shared, unique = len(per_graph) == len(columns), len(per_graph) == 1
         if (only == Presence.SHARED and not shared) or (only == Presence.UNIQUE and not unique):
             continue
-        rows.append({"key": key, "graphs": len(per_graph), "shared": shared,
-                     "unique_to": next(iter(per_graph)) if unique else None, "per_graph": per_graph})
+        rows.append(
+            {
+                "key": key,
+                "graphs": len(per_graph),
+                "shared": shared,
+                "unique_to": next(iter(per_graph)) if unique else None,
+                "per_graph": per_graph,
+            }
+        )
     peak = {r["key"]: max(abs(v.get("influence") or 0.0) for v in r["per_graph"].values()) for r in rows}
     rows.sort(key=lambda r: (-r["graphs"], -peak[r["key"]], r["key"]))
     return rows
@@ -567,7 +598,9 @@ class GraphComparison:
         return [await _graph(info, g) for g in self.graph_ids]
 
     @strawberry.field
-    async def features(self, info: Info, only: Presence = Presence.ALL, limit: int = 50) -> list[FeatureAcross]:
+    async def features(
+        self, info: Info, only: Presence = Presence.ALL, limit: int = 50
+    ) -> list[FeatureAcross]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         values: dict[str, dict[str, dict]] = {}
         for r in await _ctx(info).call(_ctx(info).repo.feature_presence, self.graph_ids):
@@ -575,7 +608,10 @@ class GraphComparison:
         rows = _across(values, self.graph_ids, only)[:limit]
         return [
             FeatureAcross(
-                key=r["key"], graphs=r["graphs"], shared=r["shared"], unique_to=r["unique_to"],
+                key=r["key"],
+                graphs=r["graphs"],
+                shared=r["shared"],
+                unique_to=r["unique_to"],
                 influence=[r["per_graph"].get(g, {}).get("influence") for g in self.graph_ids],
                 activation=[r["per_graph"].get(g, {}).get("activation") for g in self.graph_ids],
             )
@@ -583,7 +619,9 @@ class GraphComparison:
         ]
 
     @strawberry.field
-    async def subcircuits(self, info: Info, only: Presence = Presence.ALL, limit: int = 50) -> list[SubcircuitAcross]:
+    async def subcircuits(
+        self, info: Info, only: Presence = Presence.ALL, limit: int = 50
+    ) -> list[SubcircuitAcross]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         found = await _ctx(info).loaders.subcircuits_of_graph.load_many(self.graph_ids)
         values: dict[str, dict[str, dict]] = {}
@@ -592,7 +630,10 @@ class GraphComparison:
                 values.setdefault(r["s"]["key"], {})[graph_id] = r
         return [
             SubcircuitAcross(
-                key=r["key"], graphs=r["graphs"], shared=r["shared"], unique_to=r["unique_to"],
+                key=r["key"],
+                graphs=r["graphs"],
+                shared=r["shared"],
+                unique_to=r["unique_to"],
                 weight=[r["per_graph"].get(g, {}).get("weight") for g in self.graph_ids],
                 influence=[r["per_graph"].get(g, {}).get("influence") for g in self.graph_ids],
             )
@@ -600,7 +641,9 @@ class GraphComparison:
         ]
 
 
-@strawberry.type(description="A feature whose presence differs between sides A and B (compare_features.cypher).")
+@strawberry.type(
+    description="A feature whose presence differs between sides A and B (compare_features.cypher)."
+)
 class FeatureContrast:
     key: strawberry.ID
     k_a: int
@@ -657,7 +700,20 @@ class UniqueFeature:
         return await _feature(info, self.key)
 
 
-_CONTRAST = ("k_a", "n_a", "k_b", "n_b", "p_a", "p_b", "diff", "log_odds", "se", "z", "influence_a", "influence_b")
+_CONTRAST = (
+    "k_a",
+    "n_a",
+    "k_b",
+    "n_b",
+    "p_a",
+    "p_b",
+    "diff",
+    "log_odds",
+    "se",
+    "z",
+    "influence_a",
+    "influence_b",
+)
 
 
 @strawberry.type(description="Two prompt sets compared: A and B by correctness or by tag.")
@@ -672,7 +728,9 @@ class SetComparison:
 
     @strawberry.field(description="Features ranked by |p_a - p_b|, then |z|.")
     def features(self) -> list[FeatureContrast]:
-        return [FeatureContrast(key=r["feature"], **{k: r[k] for k in _CONTRAST}) for r in self.result.features]
+        return [
+            FeatureContrast(key=r["feature"], **{k: r[k] for k in _CONTRAST}) for r in self.result.features
+        ]
 
     @strawberry.field(description="Subcircuits ranked by |p_a - p_b|, then |z|.")
     def subcircuits(self) -> list[SubcircuitContrast]:
@@ -686,12 +744,22 @@ class SetComparison:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         repo = _ctx(info).repo
         rows = await _ctx(info).call(
-            run_query, repo.driver, "features_unique", database=repo.database,
-            min_graphs=self.min_graphs, limit=limit, **self.split.params(),
+            run_query,
+            repo.driver,
+            "features_unique",
+            database=repo.database,
+            min_graphs=self.min_graphs,
+            limit=limit,
+            **self.split.params(),
         )
         return [
-            UniqueFeature(key=r["feature"], side=r["side"], graphs_a=r["graphs_a"], graphs_b=r["graphs_b"],
-                          mean_influence=r["mean_influence"])
+            UniqueFeature(
+                key=r["feature"],
+                side=r["side"],
+                graphs_a=r["graphs_a"],
+                graphs_b=r["graphs_b"],
+                mean_influence=r["mean_influence"],
+            )
             for r in rows
         ]
 
@@ -720,9 +788,14 @@ class IngestJob:
     @classmethod
     def of(cls, row: dict) -> IngestJob:
         return cls(
-            id=row["id"], status=row["status"], started=row.get("started"), finished=row.get("finished"),
-            graphs_loaded=row.get("graphs_loaded", 0), graphs_skipped=row.get("graphs_skipped", 0),
-            errors=row.get("errors") or [], parameters=row.get("parameters") or "{}",
+            id=row["id"],
+            status=row["status"],
+            started=row.get("started"),
+            finished=row.get("finished"),
+            graphs_loaded=row.get("graphs_loaded", 0),
+            graphs_skipped=row.get("graphs_skipped", 0),
+            errors=row.get("errors") or [],
+            parameters=row.get("parameters") or "{}",
         )
 
 
@@ -742,8 +815,15 @@ class Job:
     @classmethod
     def of(cls, job: JobState) -> Job:
         return cls(
-            id=job.id, kind=job.kind, status=job.status, error=job.error, total=job.total, created=job.created,
-            started=job.started, finished=job.finished, summary=json.dumps(job.summary, default=str),
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            error=job.error,
+            total=job.total,
+            created=job.created,
+            started=job.started,
+            finished=job.finished,
+            summary=json.dumps(job.summary, default=str),
             marker=job.marker,
         )
 
@@ -834,12 +914,18 @@ class GraphFilterInput:
     correct: bool | None = None
     model: str | None = None
     transcoder_set: str | None = None
-    feature: strawberry.ID | None = strawberry.field(default=None, description="A Feature key the graph keeps.")
+    feature: strawberry.ID | None = strawberry.field(
+        default=None, description="A Feature key the graph keeps."
+    )
 
     def to_filter(self) -> GraphFilter:
         return GraphFilter(
-            tag=self.tag, dataset=self.dataset, correct=self.correct, model=self.model,
-            transcoder_set=self.transcoder_set, feature=self.feature,
+            tag=self.tag,
+            dataset=self.dataset,
+            correct=self.correct,
+            model=self.model,
+            transcoder_set=self.transcoder_set,
+            feature=self.feature,
         )
 
 
@@ -878,19 +964,33 @@ class Query:
     ) -> GraphConnection:
         ctx = _ctx(info)
         first, where = page_size(first, limits=ctx.limits), (filter or GraphFilterInput()).to_filter()
-        rows, more = _page(await ctx.call(ctx.repo.graphs_page, where, after=_after("graph", after), limit=first + 1), first)
+        rows, more = _page(
+            await ctx.call(ctx.repo.graphs_page, where, after=_after("graph", after), limit=first + 1), first
+        )
         edges = [GraphConnectionEdge(cursor=_cursor("graph", r["id"]), node=Graph.of(r)) for r in rows]
-        return GraphConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None), where=where)
+        return GraphConnection(
+            edges=edges,
+            page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None),
+            where=where,
+        )
 
-    @strawberry.field(description="Prompts matching `filter` (graph fields: some graph of the prompt), by id.")
+    @strawberry.field(
+        description="Prompts matching `filter` (graph fields: some graph of the prompt), by id."
+    )
     async def prompts(
         self, info: Info, filter: GraphFilterInput | None = None, first: int = 20, after: str | None = None
     ) -> PromptConnection:
         ctx = _ctx(info)
         first, where = page_size(first, limits=ctx.limits), (filter or GraphFilterInput()).to_filter()
-        rows, more = _page(await ctx.call(ctx.repo.prompts_page, where, after=_after("prompt", after), limit=first + 1), first)
+        rows, more = _page(
+            await ctx.call(ctx.repo.prompts_page, where, after=_after("prompt", after), limit=first + 1),
+            first,
+        )
         edges = [PromptConnectionEdge(cursor=_cursor("prompt", r["id"]), node=Prompt.of(r)) for r in rows]
-        return PromptConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None))
+        return PromptConnection(
+            edges=edges,
+            page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None),
+        )
 
     @strawberry.field
     async def graph(self, info: Info, id: strawberry.ID) -> Graph:
@@ -910,7 +1010,9 @@ class Query:
         if order not in ("pagerank", "betweenness"):
             raise ApiError(BAD_USER_INPUT, f"order must be 'pagerank' or 'betweenness', got {order!r}")
         limit = page_size(limit, limits=ctx.limits, name="limit")
-        rows = await ctx.call(run_query, ctx.repo.driver, "hub_features", database=ctx.repo.database, order=order, limit=limit)
+        rows = await ctx.call(
+            run_query, ctx.repo.driver, "hub_features", database=ctx.repo.database, order=order, limit=limit
+        )
         found = await ctx.loaders.feature.load_many([r["feature"] for r in rows])
         return [Feature.of(f) for f in found if f]
 
@@ -920,9 +1022,23 @@ class Query:
     ) -> SubcircuitConnection:
         ctx = _ctx(info)
         first = page_size(first, limits=ctx.limits)
-        rows, more = _page(await ctx.call(ctx.repo.subcircuits_page, min_support=min_support, after=_after("subcircuit", after), limit=first + 1), first)
-        edges = [SubcircuitConnectionEdge(cursor=_cursor("subcircuit", r["rank"]), node=Subcircuit.of(r)) for r in rows]
-        return SubcircuitConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None))
+        rows, more = _page(
+            await ctx.call(
+                ctx.repo.subcircuits_page,
+                min_support=min_support,
+                after=_after("subcircuit", after),
+                limit=first + 1,
+            ),
+            first,
+        )
+        edges = [
+            SubcircuitConnectionEdge(cursor=_cursor("subcircuit", r["rank"]), node=Subcircuit.of(r))
+            for r in rows
+        ]
+        return SubcircuitConnection(
+            edges=edges,
+            page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None),
+        )
 
     @strawberry.field
     async def subcircuit(self, info: Info, key: strawberry.ID) -> Subcircuit:
@@ -940,26 +1056,44 @@ class Query:
     ) -> GraphComparison:
         ctx = _ctx(info)
         if not 2 <= len(set(prompt_ids)) <= ctx.limits.max_page_size:
-            raise ApiError(BAD_USER_INPUT, f"compare 2 to {ctx.limits.max_page_size} distinct prompts, got {len(set(prompt_ids))}")
+            raise ApiError(
+                BAD_USER_INPUT,
+                f"compare 2 to {ctx.limits.max_page_size} distinct prompts, got {len(set(prompt_ids))}",
+            )
         found = await ctx.loaders.graphs_of_prompt.load_many(list(dict.fromkeys(prompt_ids)))
         graphs: list[str] = []
         for prompt_id, rows in zip(dict.fromkeys(prompt_ids), found, strict=True):
             rows = [r for r in rows if transcoder_set is None or r["transcoder_set"] == transcoder_set]
             if not rows:
-                raise ApiError(NOT_FOUND, f"prompt {prompt_id!r} has no complete graph" + (f" under {transcoder_set!r}" if transcoder_set else ""))
+                raise ApiError(
+                    NOT_FOUND,
+                    f"prompt {prompt_id!r} has no complete graph"
+                    + (f" under {transcoder_set!r}" if transcoder_set else ""),
+                )
             graphs.extend(r["id"] for r in rows)
         return GraphComparison(graph_ids=graphs)
 
     @strawberry.field(description="Compare two prompt sets: split='correct' or aTag vs bTag.")
-    async def compare_sets(self, info: Info, sides: SidesInput, limit: int = 25, min_graphs: int = 2) -> SetComparison:
+    async def compare_sets(
+        self, info: Info, sides: SidesInput, limit: int = 25, min_graphs: int = 2
+    ) -> SetComparison:
         ctx = _ctx(info)
         split, limit = _split(sides), page_size(limit, limits=ctx.limits, name="limit")
         try:
-            result = await ctx.call(compare, ctx.repo.driver, split, limit=limit, min_graphs=min_graphs, database=ctx.repo.database)
+            result = await ctx.call(
+                compare,
+                ctx.repo.driver,
+                split,
+                limit=limit,
+                min_graphs=min_graphs,
+                database=ctx.repo.database,
+            )
         except AnalysisError as exc:
             raise ApiError(BAD_USER_INPUT, str(exc)) from None
         a, b = split.names()
-        return SetComparison(a=a, b=b, n_a=result.n_a, n_b=result.n_b, split=split, result=result, min_graphs=min_graphs)
+        return SetComparison(
+            a=a, b=b, n_a=result.n_a, n_b=result.n_b, split=split, result=result, min_graphs=min_graphs
+        )
 
     @strawberry.field(description="Ingest runs recorded in the database, newest first.")
     async def ingest_jobs(self, info: Info, limit: int = 20) -> list[IngestJob]:
@@ -990,8 +1124,14 @@ class Query:
     async def analysis_runs(self, info: Info) -> list[AnalysisRun]:
         rows = await _ctx(info).call(_ctx(info).repo.analysis_runs)
         return [
-            AnalysisRun(step=r["id"], status=r.get("status"), started=r.get("started"), finished=r.get("finished"),
-                        params=r.get("params"), summary=r.get("summary"))
+            AnalysisRun(
+                step=r["id"],
+                status=r.get("status"),
+                started=r.get("started"),
+                finished=r.get("finished"),
+                params=r.get("params"),
+                summary=r.get("summary"),
+            )
             for r in rows
         ]
 
@@ -1004,8 +1144,15 @@ def _prompts(inputs: Sequence[PromptInput]) -> list[Any]:
     for i, p in enumerate(inputs):
         if not p.text.strip():
             raise ApiError(BAD_USER_INPUT, f"prompts[{i}]: text is empty")
-        out.append(EnginePrompt(text=p.text, answer=p.answer, tags=tuple(p.tags), dataset=p.dataset,
-                                id=p.id or prompt_id(p.text, p.answer)))
+        out.append(
+            EnginePrompt(
+                text=p.text,
+                answer=p.answer,
+                tags=tuple(p.tags),
+                dataset=p.dataset,
+                id=p.id or prompt_id(p.text, p.answer),
+            )
+        )
     return out
 
 
@@ -1023,12 +1170,16 @@ class Mutation:
         except JobError as exc:
             raise ApiError(BAD_USER_INPUT, str(exc)) from None
 
-    @strawberry.mutation(description=f"Run analysis steps in the background (default all: {', '.join(STEPS)}).")
+    @strawberry.mutation(
+        description=f"Run analysis steps in the background (default all: {', '.join(STEPS)})."
+    )
     def start_analysis(self, info: Info, steps: list[str] | None = None) -> Job:
         steps = list(steps or STEPS)
         unknown = [s for s in steps if s not in STEPS]
         if unknown or not steps:
-            raise ApiError(BAD_USER_INPUT, f"unknown analysis steps {unknown}; choose from {', '.join(STEPS)}")
+            raise ApiError(
+                BAD_USER_INPUT, f"unknown analysis steps {unknown}; choose from {', '.join(STEPS)}"
+            )
         return Job.of(_ctx(info).jobs.start_analysis([s for s in STEPS if s in steps]))
 
     @strawberry.mutation(description="Set a feature's label.")
@@ -1052,6 +1203,11 @@ class Mutation:
         missing = await ctx.call(ctx.repo.missing_features, keys)
         if missing:
             raise ApiError(NOT_FOUND, f"no features {missing[:10]}")
-        row = await ctx.call(ctx.repo.define_supernode, key=f"manual-{name.strip()}", name=name.strip(),
-                             description=description, features=keys)
+        row = await ctx.call(
+            ctx.repo.define_supernode,
+            key=f"manual-{name.strip()}",
+            name=name.strip(),
+            description=description,
+            features=keys,
+        )
         return Supernode.of(row)

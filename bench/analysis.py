@@ -82,7 +82,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with open_driver(settings) as driver:
         with driver.session(database=settings.database) as session:
-            session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+            session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 1000 ROWS").consume()
         apply_schema(driver, database=settings.database)
         loaded, edges = 0, 0
         for stage in sorted(args.stages):

@@ -33,7 +33,14 @@ from circuitbase.dbserver.server import start, stop
 from circuitbase.ingest.model import rows_from_graph
 from circuitbase.ingest.schema import apply_schema
 from circuitbase.ingest.writer import write_graph
-from circuitbase.settings import PASSWORD_ENV, URI_ENV, USER_ENV, load_neo4j_settings, local_instance_settings, open_driver
+from circuitbase.settings import (
+    PASSWORD_ENV,
+    URI_ENV,
+    USER_ENV,
+    load_neo4j_settings,
+    local_instance_settings,
+    open_driver,
+)
 
 _spec = importlib.util.spec_from_file_location("bench_ingest", Path(__file__).with_name("ingest.py"))
 assert _spec is not None and _spec.loader is not None
@@ -42,9 +49,11 @@ _spec.loader.exec_module(bench_ingest)
 
 QUERIES = {
     "graph": """query($id: ID!) { graph(id: $id) { id correct view(topK: 5000) {
-        nodes { node kind layer position influence feature { key label } } edges { source target weight } } } }""",
+        nodes { node kind layer position influence feature { key label } }
+        edges { source target weight } } } }""",
     "feature": """query($key: ID!) { feature(key: $key) { key label layer
-        graphs(limit: 25) { graphId influence activation correct } neighbours(limit: 25) { key kind graphs sumAbs } } }""",
+        graphs(limit: 25) { graphId influence activation correct }
+        neighbours(limit: 25) { key kind graphs sumAbs } } }""",
     "comparison": """{ compareSets(sides: {aTag: "setA", bTag: "setB"}, limit: 25) { nA nB
         features { key kA kB diff z } subcircuits { key diff } } }""",
 }
@@ -104,9 +113,15 @@ def run_level(url: str, query: str, variables: dict, *, clients: int, requests: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200, help="requests per query and level (default 200)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="time cap per query and level (default 10)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=200, help="requests per query and level (default 200)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="time cap per query and level (default 10)"
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--wipe", action="store_true", help=f"allow wiping the server in {URI_ENV}")
     args = parser.parse_args()
@@ -127,11 +142,15 @@ def main() -> None:
         with open_driver(settings) as driver:
             t0 = time.perf_counter()
             graph_id, feature = load_data(driver, settings.database)
-            print(f"data: 1 graph of ~1,500 nodes + 100 graphs in 2 sets, written in {time.perf_counter() - t0:.0f}s")
+            seconds = time.perf_counter() - t0
+            print(f"data: 1 graph of ~1,500 nodes + 100 graphs in 2 sets, written in {seconds:.0f}s")
         port = free_port()
         cli = [sys.executable, "-c", "from circuitbase.cli import main; main()"]
         server = subprocess.Popen(
-            [*cli, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [*cli, "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -144,17 +163,25 @@ def main() -> None:
         else:
             raise SystemExit("the server did not become ready")
         variables = {"graph": {"id": graph_id}, "feature": {"key": feature}, "comparison": {}}
-        print(f"{'query':<12}{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+        print(
+            f"{'query':<12}{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}"
+        )
         for name, query in QUERIES.items():
             run_level(f"{base}/graphql", query, variables[name], clients=1, requests=3, seconds=30)  # warm-up
             for clients in args.clients:
                 lat, wall = run_level(
-                    f"{base}/graphql", query, variables[name], clients=clients, requests=args.requests,
+                    f"{base}/graphql",
+                    query,
+                    variables[name],
+                    clients=clients,
+                    requests=args.requests,
                     seconds=args.seconds,
                 )
                 q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
-                print(f"{name:<12}{clients:>8}{len(lat):>10}{q[49] * 1e3:>9.1f}{q[94] * 1e3:>9.1f}"
-                      f"{q[98] * 1e3:>9.1f}{len(lat) / wall:>9.1f}")
+                print(
+                    f"{name:<12}{clients:>8}{len(lat):>10}{q[49] * 1e3:>9.1f}{q[94] * 1e3:>9.1f}"
+                    f"{q[98] * 1e3:>9.1f}{len(lat) / wall:>9.1f}"
+                )
     finally:
         if server is not None:
             server.terminate()

@@ -57,15 +57,15 @@ class TrainConfig:
     warmup_steps: int = 100
     decay_share: float = 0.2  # the last share of steps decays the learning rate linearly to 0
     l1_coefficient: float = 1e-3  # relu: weight of sum(acts * |W_dec|)
-    l0_coefficient: float = 1e-3  # jumprelu: weight of the number of active features
+    l0_coefficient: float = 1e-2  # jumprelu: weight of the number of active features
     jumprelu_bandwidth: float = 0.05  # width of the straight-through kernel for the threshold gradient
-    initial_threshold: float = 0.1  # jumprelu
+    initial_threshold: float = 0.5  # jumprelu
     aux_k: int = 64  # dead features used by the AuxK loss
     aux_coefficient: float = 1 / 32
     dead_after_tokens: int = 200_000  # a feature is dead once it has not fired for this many tokens
     context_length: int = 128
     texts_per_forward: int = 32
-    buffer_tokens: int = 200_000
+    buffer_tokens: int = 32_768  # float32 memory: tokens x n_layers x 2 x d_model x 4 bytes
     eval_every: int = 20  # every n-th corpus text is held out for metrics
     eval_tokens: int = 20_000
     checkpoint_every: int = 1000  # steps; 0 = only at the end
@@ -101,6 +101,8 @@ class TrainConfig:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} asked for, but no CUDA device is available")
     return torch.device(name)
 
 

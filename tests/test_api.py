@@ -147,7 +147,9 @@ def test_graph_matches_its_file(client: TestClient, graph_files: list[Path]) -> 
         assert out["prompt"]["text"] == graph.prompt
         assert len(out["full"]["nodes"]) == out["nNodes"] == int(graph.node_mask.sum())
         assert len(out["full"]["edges"]) == out["nEdges"] == weights.numel()
-        assert sum(e["weight"] for e in out["full"]["edges"]) == pytest.approx(float(weights.double().sum()), abs=1e-6)
+        assert sum(e["weight"] for e in out["full"]["edges"]) == pytest.approx(
+            float(weights.double().sum()), abs=1e-6
+        )
         strongest = sorted(weights.abs().tolist(), reverse=True)[:5]
         assert [abs(e["weight"]) for e in out["top"]["edges"]] == pytest.approx(strongest, rel=1e-6)
 
@@ -156,7 +158,8 @@ def test_pruning_levels_filter_nodes_and_edges(client: TestClient) -> None:
     gid = graph_id("synthetic-set", "synthetic-0-0")
     query = """query($id: ID!, $i: Float!, $w: Float!) { graph(id: $id) {
         all: view(minInfluence: -1, topK: 1000) { nodes { influence kind } edges { weight } }
-        pruned: view(minInfluence: $i, minAbsWeight: $w, topK: 1000) { nodes { influence kind } edges { weight } }
+        pruned: view(minInfluence: $i, minAbsWeight: $w, topK: 1000) {
+          nodes { influence kind } edges { weight } }
     } }"""
     out = data(client, query, id=gid, i=0.2, w=0.35)["graph"]
     kept = [n for n in out["all"]["nodes"] if n["kind"] in ("TOKEN", "LOGIT") or n["influence"] >= 0.2]
@@ -177,8 +180,11 @@ def test_graph_list_filters_and_pages(client: TestClient) -> None:
         if not page["pageInfo"]["hasNextPage"]:
             break
         after = page["pageInfo"]["endCursor"]
-    expected = sorted(synthetic_graph(i, config=SYNTHETIC).id for i in range(SYNTHETIC.n_graphs)
-                      if synthetic_graph(i, config=SYNTHETIC).graph["correct"])
+    expected = sorted(
+        synthetic_graph(i, config=SYNTHETIC).id
+        for i in range(SYNTHETIC.n_graphs)
+        if synthetic_graph(i, config=SYNTHETIC).graph["correct"]
+    )
     assert seen == expected and page["totalCount"] == len(expected)
     tagged = data(client, '{ prompts(filter: {tag: "left"}) { edges { node { id tags } } } }')["prompts"]
     assert [e["node"]["id"] for e in tagged["edges"]] == ["p0", "p1"]
@@ -195,7 +201,9 @@ def test_feature_page_lists_its_graphs_and_neighbours(client: TestClient, graph_
         k=key,
     )["feature"]
     users = [i for i in range(SYNTHETIC.n_graphs) if i % len(SYNTHETIC.circuits) == 0]
-    assert {g["graphId"] for g in out["graphs"]} == {graph_id("synthetic-set", f"synthetic-0-{i}") for i in users}
+    assert {g["graphId"] for g in out["graphs"]} == {
+        graph_id("synthetic-set", f"synthetic-0-{i}") for i in users
+    }
     influences = [g["influence"] for g in out["graphs"]]
     assert influences == sorted(influences, reverse=True)
     # the planted path: input token -> this feature (every graph), this feature -> the next (unbroken ones)
@@ -203,12 +211,18 @@ def test_feature_page_lists_its_graphs_and_neighbours(client: TestClient, graph_
     assert by_key[("in", f"synthetic/{planted.token}")]["graphs"] == len(users)
     unbroken = sum(synthetic_graph(i, config=SYNTHETIC).graph["correct"] for i in users)
     assert by_key[("out", feature_key("synthetic-set", *planted.features[1]))]["graphs"] == unbroken
-    assert gql(client, '{ feature(key: "no/such/feature") { key } }')["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    assert (
+        gql(client, '{ feature(key: "no/such/feature") { key } }')["errors"][0]["extensions"]["code"]
+        == "NOT_FOUND"
+    )
 
 
 def test_subcircuits_ranked_by_support(client: TestClient) -> None:
-    out = data(client, """{ subcircuits(first: 10) { edges { node { key rank support edges { source target }
-                          occurrences(limit: 50) { graphId weight } } } } }""")["subcircuits"]
+    out = data(
+        client,
+        """{ subcircuits(first: 10) { edges { node { key rank support edges { source target }
+                          occurrences(limit: 50) { graphId weight } } } } }""",
+    )["subcircuits"]
     nodes = [e["node"] for e in out["edges"]]
     assert nodes and [n["rank"] for n in nodes] == sorted(n["rank"] for n in nodes)
     supports = [n["support"] for n in nodes]
@@ -219,10 +233,13 @@ def test_subcircuits_ranked_by_support(client: TestClient) -> None:
 
 
 def test_compare_prompts_side_by_side(client: TestClient) -> None:
-    out = data(client, """{ comparePrompts(promptIds: ["synthetic-0-0", "synthetic-0-2", "synthetic-0-1"]) {
+    out = data(
+        client,
+        """{ comparePrompts(promptIds: ["synthetic-0-0", "synthetic-0-2", "synthetic-0-1"]) {
         graphIds features(limit: 50) { key graphs shared uniqueTo influence }
         shared: features(only: SHARED) { key }
-        subcircuits { key shared weight } } }""")["comparePrompts"]
+        subcircuits { key shared weight } } }""",
+    )["comparePrompts"]
     assert len(out["graphIds"]) == 3
     rows = [synthetic_graph(i, config=SYNTHETIC) for i in (0, 2, 1)]
     keyed: list[dict[str, float]] = [{} for _ in rows]
@@ -240,9 +257,12 @@ def test_compare_prompts_side_by_side(client: TestClient) -> None:
 
 
 def test_compare_sets_by_tag(client: TestClient) -> None:
-    out = data(client, """{ compareSets(sides: {aTag: "capitals", bTag: "arithmetic"}, limit: 5) {
+    out = data(
+        client,
+        """{ compareSets(sides: {aTag: "capitals", bTag: "arithmetic"}, limit: 5) {
         a b nA nB features { key kA nA kB nB diff } subcircuits { key diff }
-        uniqueFeatures(limit: 10) { key side graphsA graphsB } } }""")["compareSets"]
+        uniqueFeatures(limit: 10) { key side graphsA graphsB } } }""",
+    )["compareSets"]
     assert (out["nA"], out["nB"]) == (SYNTHETIC.n_graphs // 2, SYNTHETIC.n_graphs // 2)
     top = out["features"][0]
     assert abs(top["diff"]) == pytest.approx(1.0)  # a planted input feature: in every graph of one side only
@@ -272,7 +292,10 @@ def test_mutations_need_a_key(client: TestClient, api_key: str, store: neo4j.Dri
     assert codes(gql(client, mutation, k=key)) == ["UNAUTHENTICATED"]
     assert codes(gql(client, mutation, "cbk_000000000000_" + "x" * 43, k=key)) == ["UNAUTHENTICATED"]
     assert data(client, mutation, api_key, k=key)["labelFeature"] == {"key": key, "label": "capital city"}
-    assert data(client, "query($k: ID!) { feature(key: $k) { label } }", k=key)["feature"]["label"] == "capital city"
+    assert (
+        data(client, "query($k: ID!) { feature(key: $k) { label } }", k=key)["feature"]["label"]
+        == "capital city"
+    )
     assert codes(gql(client, mutation, api_key, k="no/such/1")) == ["NOT_FOUND"]
 
     members = [feature_key("synthetic-set", *f) for f in SYNTHETIC.circuits[1].features]
@@ -297,7 +320,8 @@ def test_reads_can_require_a_key(counting: CountingDriver, api_key: str) -> None
 
 
 def test_limits_and_error_codes(client: TestClient) -> None:
-    deep = "{ graphs { edges { node { prompt { graphs { prompt { graphs { prompt { graphs { id } } } } } } } } } }"
+    nested = "prompt { graphs { " * 3
+    deep = "{ graphs { edges { node { " + nested + "id" + " }" * 10
     assert codes(gql(client, deep)) == ["QUERY_TOO_DEEP"]
     wide = "{ graphs(first: 50) { edges { node { view(topK: 50000) { edges { weight } } } } } }"
     assert codes(gql(client, wide)) == ["QUERY_TOO_COMPLEX"]
@@ -310,7 +334,9 @@ def test_limits_and_error_codes(client: TestClient) -> None:
 
 
 def test_unexpected_errors_are_masked(client: TestClient, store: neo4j.Driver) -> None:
-    store.execute_query("CREATE (:Graph {id: 'broken', complete: true})-[:OF_PROMPT]->(:Prompt {id: 'broken'})")
+    store.execute_query(
+        "CREATE (:Graph {id: 'broken', complete: true})-[:OF_PROMPT]->(:Prompt {id: 'broken'})"
+    )
     try:
         body = gql(client, '{ graph(id: "broken") { id model } }')
     finally:
@@ -334,4 +360,6 @@ def test_ingest_and_analysis_jobs_run_in_the_background(client: TestClient, api_
     assert state["progress"] == 1.0 and state["ingestJob"] == {"status": "finished", "graphsLoaded": 1}
     graph = data(client, '{ prompts(filter: {tag: "job"}) { edges { node { id graphs { correct } } } } }')
     assert [e["node"]["id"] for e in graph["prompts"]["edges"]] == ["job0"]
-    assert codes(gql(client, 'mutation { startAnalysis(steps: ["nope"]) { id } }', api_key)) == ["BAD_USER_INPUT"]
+    assert codes(gql(client, 'mutation { startAnalysis(steps: ["nope"]) { id } }', api_key)) == [
+        "BAD_USER_INPUT"
+    ]

@@ -11,7 +11,9 @@ from rich.table import Table
 from circuitbase.commands.common import fail_on
 
 console = Console(stderr=True)
-keys_app = typer.Typer(help="API keys (needed for mutations, and for reads with --read-access key).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys (needed for mutations, and for reads with --read-access key).", no_args_is_help=True
+)
 
 INSTANCE_HELP = "Local Neo4j instance used when CIRCUITBASE_NEO4J_URI is unset."
 

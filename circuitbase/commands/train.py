@@ -31,7 +31,7 @@ def train_transcoders_command(
     batch_tokens: int = typer.Option(4096, help="Tokens per optimiser step."),
     lr: float = typer.Option(2e-4, help="Peak learning rate."),
     buffer_tokens: int = typer.Option(
-        200_000, help="Tokens in the shuffle buffer (RAM: x n_layers x 2 x d_model x 4 B)."
+        32_768, help="Tokens in the shuffle buffer (RAM: x n_layers x 2 x d_model x 4 B)."
     ),
     context_length: int = typer.Option(128, help="Tokens per text (longer texts are truncated)."),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints (0: only at the end)."),
