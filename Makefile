@@ -8,7 +8,7 @@ LOCK_KEY := $(shell cat requirements.lock | sha256sum | cut -c1-12)-$(shell $(PY
 VENV := $(CACHE)/venv-$(LOCK_KEY)
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench lock clean-venvs print-bin
+.PHONY: system-deps browser-deps setup demo test lint bench lock clean-venvs print-bin
 
 $(VENV)/.complete: requirements.lock
 	@echo "creating $(VENV) (cached; rebuilt only when requirements.lock changes)"
@@ -18,14 +18,33 @@ $(VENV)/.complete: requirements.lock
 	$(BIN)/python -m pip install -q -r requirements.lock
 	touch "$@"
 
+# System tools: Java 17+ and Maven (Neo4j from Maven Central), Chromium (dashboard tests only).
+# Installed with apt-get when missing and we are root on Debian/Ubuntu; otherwise named and stopped.
+define need
+	@missing=""; for pair in $(1); do tool=$${pair%%:*}; pkg=$${pair#*:}; \
+		command -v $$tool >/dev/null || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing:$$missing"; apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "please install:$$missing (e.g. sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+endef
+
+system-deps:
+	$(call need,java:openjdk-17-jre-headless mvn:maven)
+
+browser-deps:
+	$(call need,$(if $(CIRCUITBASE_CHROMIUM),,chromium:chromium))
+
 setup: $(VENV)/.complete
 	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -e '^\s*$$' -e 'wheel_obj' -e '!!' -e '\*\*\*' || true
 	@$(BIN)/circuitbase --help > /dev/null
 
-demo: setup
+demo: system-deps setup
 	$(BIN)/circuitbase demo
 
-test: setup
+test: system-deps browser-deps setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

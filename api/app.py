@@ -1,4 +1,5 @@
-"""The FastAPI application: GraphQL (with GraphiQL) at /graphql, /healthz, /readyz, CORS.
+"""The FastAPI application: GraphQL (with GraphiQL) at /graphql, the dashboard at / (static files under
+/static), /healthz, /readyz, CORS.
 
 `create_app(config=..., driver=...)` builds it; without a driver it opens one from the Neo4j settings at
 startup and closes it at shutdown. Every request gets a fresh context: its caller (from the API key, if
@@ -11,13 +12,15 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import neo4j
 import strawberry
 from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from strawberry.extensions import QueryDepthLimiter
 from strawberry.fastapi import GraphQLRouter
 
@@ -30,6 +33,7 @@ from circuitbase.api.schema import Context, Mutation, Query
 
 READ_ACCESS_ENV = "CIRCUITBASE_API_READ_ACCESS"
 CORS_ENV = "CIRCUITBASE_API_CORS_ORIGINS"
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 class ApiConfigError(ValueError):
@@ -121,6 +125,11 @@ def create_app(*, config: ApiConfig | None = None, driver: neo4j.Driver | None =
         )
     router = GraphQLRouter(build_schema(config), context_getter=context, graphql_ide="graphiql")
     app.include_router(router, prefix="/graphql")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
 
     @app.get("/healthz", summary="The process answers.")
     def healthz() -> dict[str, str]:

@@ -5,7 +5,7 @@ Each command group lives in `circuitbase.commands.<name>` and is registered here
 
 import typer
 
-from circuitbase.commands import analyze, attribute, db, ingest, neo4j, serve, train, transcoders
+from circuitbase.commands import analyze, attribute, db, demo, ingest, neo4j, serve, train, transcoders
 
 app = typer.Typer(
     help="Attribution graphs for many prompts, stored and analysed in Neo4j.",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 
 # Command groups register below (one line each).
+app.command("demo")(demo.demo_command)
 app.add_typer(neo4j.app, name="neo4j")
 app.add_typer(db.app, name="db")
 app.command("attribute")(attribute.attribute_command)

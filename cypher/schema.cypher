@@ -35,6 +35,11 @@ FOR (g:Graph) ON (g.complete);
 CREATE INDEX feature_layer IF NOT EXISTS
 FOR (f:Feature) ON (f.set, f.layer);
 
+// the aggregated edge's key "{source key}->{target key}": the writer finds an edge by an index seek
+// instead of expanding a popular Feature's ATTRIBUTES, and the constraint forbids a duplicate edge
+CREATE CONSTRAINT attributes_pair IF NOT EXISTS
+FOR ()-[e:ATTRIBUTES]-() REQUIRE e.pair IS UNIQUE;
+
 // ---- analysis (circuitbase.analysis): results of `circuitbase analyze` (see cypher/README.md) ----
 CREATE CONSTRAINT analysis_run_id IF NOT EXISTS
 FOR (r:AnalysisRun) REQUIRE r.id IS UNIQUE;

@@ -6,7 +6,8 @@
    and INSTANCE_OF rows go straight to CSV files; shared nodes (Model, TranscoderSet, Feature, Token,
    Prompt, Graph) are kept once per key with the online writer's rules (Feature/Token: first write
    wins; Prompt: later graphs overwrite keys), and the aggregated ATTRIBUTES edges in a dict keyed by
-   (source, target), added up in file order exactly as the online writer does (floats match bit for bit).
+   (source, target), added up in file order exactly as the online writer does (floats match bit for bit),
+   each with the same `pair` key.
 3. Write the shared nodes' and ATTRIBUTES files, run the importer over the empty database, start the
    instance, set the empty lists CSV cannot express, apply the schema and record the `:IngestJob`
    (mode 'bulk'). The result has the same content as an online load of the same files.
@@ -35,10 +36,18 @@ from circuitbase.ingest.jobs import JobRecord
 from circuitbase.ingest.loader import IngestConfig, IngestSummary, check_rows, read_graph_rows
 from circuitbase.ingest.model import NODE_KINDS, GraphRows, IngestError, NodeRow
 from circuitbase.ingest.schema import apply_schema
+from circuitbase.ingest.writer import pair_key
 from circuitbase.settings import URI_ENV, local_instance_settings, open_driver
 
 ARRAY_DELIMITER = "\x1f"  # unit separator: never part of a token or tag
-_AGGREGATE_COLUMNS = ("graphs:long", "edges:long", "sum:double", "sum_abs:double", "max_abs:double")
+_AGGREGATE_COLUMNS = (
+    "pair:string",
+    "graphs:long",
+    "edges:long",
+    "sum:double",
+    "sum_abs:double",
+    "max_abs:double",
+)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCALAR_TYPES = {bool: "boolean", int: "long", float: "double", str: "string"}
 _JOB_COUNTS = """
@@ -280,7 +289,7 @@ class CsvExport:
         )
         by_labels: dict[tuple[str, str], list[tuple]] = {}
         for (source, target, s, t), acc in self.aggregate.items():
-            by_labels.setdefault((source, target), []).append((s, t, *acc))
+            by_labels.setdefault((source, target), []).append((s, t, pair_key(s, t), *acc))
         for (source, target), table in sorted(by_labels.items()):
             file = self._open("relationships", "ATTRIBUTES", f"ATTRIBUTES-{source}-{target}")
             file.write_header([f":START_ID({source})", f":END_ID({target})", *_AGGREGATE_COLUMNS])

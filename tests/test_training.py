@@ -156,6 +156,7 @@ def test_cli_trains_the_toy_model_transcoders(tmp_path: Path) -> None:
     model_dir, _ = toy.shipped_paths()
     options = ["--model", str(model_dir), "--corpus", str(corpus), "--out", str(out), "--kind", "clt"]
     sizes = ["--activation", "jumprelu", "--d-transcoder", "64", "--tokens", "4096", "--batch-tokens", "512"]
+    sizes += ["--buffer-tokens", "2048", "--context-length", "16"]
     result = CliRunner().invoke(app, ["train-transcoders", *options, *sizes, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "layer 1: fvu" in result.output and "KL" in result.output

@@ -16,6 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -23,12 +24,17 @@ from rich.table import Table
 
 from circuitbase.commands.common import fail_on
 
+if TYPE_CHECKING:
+    import neo4j
+
+    from circuitbase.analysis.compare import Comparison
+
 console = Console()
 
 BROWSER_QUERIES = (
     (
         "Recurring subcircuits by support",
-        "MATCH (s:Subcircuit) RETURN s.key, s.support, s.features ORDER BY s.support DESC LIMIT 10",
+        "MATCH (s:Subcircuit) RETURN s.key, s.support, s.sources, s.targets ORDER BY s.rank LIMIT 10",
     ),
     (
         "One prompt's pruned graph",
@@ -42,9 +48,9 @@ BROWSER_QUERIES = (
     ),
 )
 GRAPHQL_QUERIES = (
-    "{ subcircuits(first: 5) { edges { node { key support } } } }",
-    "{ graphs(first: 5, correct: false) { edges { node { id topToken prompt { text } } } } }",
-    '{ compare(split: "correct") { nA nB features { key diff } } }',
+    "{ subcircuits(first: 5) { edges { node { key support edges { source target } } } } }",
+    "{ graphs(filter: {correct: false}, first: 5) { edges { node { id promptText topToken } } } }",
+    '{ compareSets(sides: {split: "correct"}, limit: 5) { nA nB features { key pA pB diff } } }',
 )
 
 
@@ -63,14 +69,16 @@ def _write_prompts(path: Path, n: int) -> Path:
     return path
 
 
-def _start_neo4j(instance: str) -> None:
+def _start_neo4j(instance: str) -> str:
+    """Start (or find running) the local instance; returns the Browser address."""
     from circuitbase.dbserver.config import InstanceConfig, Layout
     from circuitbase.dbserver.server import start
 
     layout = Layout.resolve()
     config = layout.load_instance(instance) or InstanceConfig(name=instance)
     status = start(config, layout=layout, log=lambda line: console.print(f"  {line}"))
-    console.print(f"  Neo4j at {status.bolt_uri if hasattr(status, 'bolt_uri') else config.bolt_port}")
+    console.print(f"  Neo4j {status.bolt_uri}, Browser {status.browser_url}")
+    return status.browser_url
 
 
 def demo_command(
@@ -95,8 +103,9 @@ def demo_command(
     started = time.perf_counter()
     with fail_on(console):
         console.rule("1/5 Neo4j + Graph Data Science")
+        browser = "the Neo4j Browser of your server"
         if "CIRCUITBASE_NEO4J_URI" not in os.environ:
-            _start_neo4j(instance)
+            browser = _start_neo4j(instance)
         settings = load_neo4j_settings(instance=instance)
         driver = open_driver(settings)
         apply_schema(driver, database=settings.database)
@@ -117,7 +126,9 @@ def demo_command(
             prompt_set.prompts,
             work / "graphs",
             attribution=AttributionConfig(max_feature_nodes=256),
-            config=IngestConfig(model=loaded.name, transcoder_set=transcoders.name, database=settings.database),
+            config=IngestConfig(
+                model=loaded.name, transcoder_set=transcoders.name, database=settings.database
+            ),
         )
         console.print(f"  {summary.loaded} graphs loaded, {summary.skipped} already there")
 
@@ -126,37 +137,46 @@ def demo_command(
             console.print(f"  {result.step}: {result.seconds:.1f} s  {result.summary}")
 
         console.rule("5/5 What was found")
-        _report(driver, compare(driver, Split(split="correct"), limit=8, database=settings.database), settings)
+        comparison = compare(driver, Split(split="correct"), limit=8, database=settings.database)
+        _report(driver, comparison, database=settings.database, browser=browser, port=port)
         console.print(f"\n[bold]demo finished in {time.perf_counter() - started:.0f} s[/bold]")
     if serve:
         from circuitbase.commands.serve import serve_command
 
+        driver.close()
         console.print(f"Serving on http://127.0.0.1:{port}/ (Ctrl-C stops)")
-        serve_command(port=port, instance=instance)
-    driver.close()
+        serve_command(
+            host="127.0.0.1", port=port, read_access=None, cors_origin=[], model=None,
+            transcoders=None, graphs_out=Path("graphs"), device="auto", query_timeout=10.0,
+            max_page_size=100, instance=instance,
+        )  # fmt: skip
+    else:
+        driver.close()
 
 
-def _report(driver, comparison, settings) -> None:
-    records, _, _ = driver.execute_query(
-        "MATCH (s:Subcircuit) RETURN s.key AS key, s.support AS support, s.features AS features "
-        "ORDER BY s.support DESC LIMIT 8",
-        database_=settings.database,
-    )
+def _report(driver: neo4j.Driver, comparison: Comparison, *, database: str, browser: str, port: int) -> None:
+    from circuitbase.analysis.queries import run_query
+
     table = Table(title="Top recurring subcircuits")
-    for column in ("subcircuit", "support (graphs)", "features"):
+    for column in ("rank", "support (graphs)", "edges (source -> target)"):
         table.add_column(column)
-    for r in records:
-        table.add_row(str(r["key"]), str(r["support"]), ", ".join(map(str, (r["features"] or [])[:6])))
+    for row in run_query(driver, "subcircuits_top", database=database, limit=8):
+        edges = [f"{a} -> {b}" for a, b in zip(row["sources"], row["targets"], strict=True)]
+        table.add_row(str(row["rank"]), str(row["support"]), "\n".join(edges[:4]))
     console.print(table)
-    table = Table(title=f"Right ({comparison.n_a} graphs) vs wrong ({comparison.n_b} graphs): biggest differences")
+    table = Table(
+        title=f"Right ({comparison.n_a} graphs) vs wrong ({comparison.n_b} graphs): biggest differences"
+    )
     for column in ("feature", "share right", "share wrong", "diff"):
         table.add_column(column)
     for row in comparison.features[:8]:
-        table.add_row(str(row.get("key")), f"{row.get('p_a', 0):.2f}", f"{row.get('p_b', 0):.2f}", f"{row.get('diff', 0):+.2f}")
+        table.add_row(row["feature"], f"{row['p_a']:.2f}", f"{row['p_b']:.2f}", f"{row['diff']:+.2f}")
     console.print(table)
-    console.print("\n[bold]Neo4j Browser[/bold]: open the Browser URL printed above and paste:")
+    console.print(f"\n[bold]Neo4j Browser[/bold] {browser} — paste:")
     for title, query in BROWSER_QUERIES:
         console.print(f"  // {title}\n  {query}")
-    console.print("\n[bold]GraphQL[/bold] (GraphiQL at /graphql once served):")
+    console.print(
+        f"\n[bold]GraphQL[/bold] http://127.0.0.1:{port}/graphql (dashboard: http://127.0.0.1:{port}/):"
+    )
     for query in GRAPHQL_QUERIES:
         console.print(f"  {query}")

@@ -170,9 +170,10 @@ def _ensure_password(*, java: Path, installation: Installation, instance_dir: Pa
             )
         return password_file.read_text().strip()
     stored = password_file.read_text().strip() if password_file.is_file() else None
-    password = os.environ.get(PASSWORD_ENV) or stored or secrets.token_urlsafe(18)
-    if len(password) < 8:
-        raise DbServerError(f"{PASSWORD_ENV} must have at least 8 characters (Neo4j's minimum)")
+    # hex: a generated password must never start with '-', which the admin tool reads as an option
+    password = os.environ.get(PASSWORD_ENV) or stored or secrets.token_hex(16)
+    if len(password) < 8 or password.startswith("-"):
+        raise DbServerError(f"{PASSWORD_ENV} must have at least 8 characters and not start with '-'")
     run_admin(
         ["dbms", "set-initial-password", password],
         installation=installation,

@@ -1,0 +1,575 @@
+// The circuitbase dashboard: one page, hash routes, every datum from the public GraphQL API at /graphql.
+//   #/prompts?tag=&correct=          prompts with filters; a row opens its graph
+//   #/graph/<id>?minInfluence=&topK= the attribution graph, layered: tokens at the bottom, logits on top
+//   #/feature/<key>                  where a feature recurs, what drives it and what it drives
+//   #/subcircuits                    recurring subcircuits by support, with the prompts they occur in
+//   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side
+// When a view has rendered, #view gets data-ready=<view name> (tests wait on it).
+"use strict";
+
+const PAGE = 50;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const view = document.getElementById("view");
+const tooltip = document.getElementById("tooltip");
+const errorBox = document.getElementById("error");
+let allPrompts = null; // every prompt, loaded once (for tag lists and comparison pickers)
+let modelNames = null; // model names, loaded once: token keys are '<model>/<token id>'
+
+// ---------------------------------------------------------------------------------------- helpers
+
+async function gql(query, variables = {}) {
+  const response = await fetch("/graphql", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = await response.json();
+  if (body.errors) throw new Error(body.errors.map((e) => e.message).join("; "));
+  return body.data;
+}
+
+/** An element with attributes (on* values become listeners) and children (strings become text). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  setAttrs(node, attrs);
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function svgEl(tag, attrs = {}) {
+  const node = document.createElementNS(SVG_NS, tag);
+  setAttrs(node, attrs);
+  return node;
+}
+
+function setAttrs(node, attrs) {
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+}
+
+const fmt = (x, digits = 3) => (x === null || x === undefined ? "–" : Number(x).toPrecision(digits));
+const graphLink = (id, text) => el("a", { href: `#/graph/${encodeURIComponent(id)}` }, text ?? id);
+const featureLink = (key, text) => el("a", { href: `#/feature/${encodeURIComponent(key)}` }, text ?? key);
+const correctBadge = (c) =>
+  el("span", { class: `badge ${c === true ? "ok" : c === false ? "bad" : ""}` }, c === true ? "correct" : c === false ? "incorrect" : "?");
+
+function table(testid, headers, rows) {
+  return el(
+    "table",
+    { "data-testid": testid, id: testid },
+    el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows),
+  );
+}
+
+function parseHash() {
+  const [path, query = ""] = location.hash.replace(/^#\/?/, "").split("?");
+  const [name, ...rest] = path.split("/");
+  return { name: name || "prompts", arg: rest.length ? decodeURIComponent(rest.join("/")) : null, params: new URLSearchParams(query) };
+}
+
+function go(name, params) {
+  const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v !== null && v !== undefined));
+  location.hash = `#/${name}${query.toString() ? "?" + query : ""}`;
+}
+
+async function loadPrompts(filter) {
+  const query = `query($f: GraphFilterInput, $after: String, $n: Int!) {
+    prompts(filter: $f, first: $n, after: $after) {
+      edges { node { id text tags dataset answer graphs { id correct topToken } } }
+      pageInfo { hasNextPage endCursor } } }`;
+  const out = [];
+  let after = null;
+  for (;;) {
+    const page = (await gql(query, { f: filter, after, n: PAGE })).prompts;
+    out.push(...page.edges.map((e) => e.node));
+    if (!page.pageInfo.hasNextPage) return out;
+    after = page.pageInfo.endCursor;
+  }
+}
+
+async function everyPrompt() {
+  allPrompts = allPrompts ?? (await loadPrompts(null));
+  return allPrompts;
+}
+
+async function models() {
+  modelNames = modelNames ?? (await gql("{ models { name } }")).models.map((m) => m.name);
+  return modelNames;
+}
+
+/** A feature key as a link to its page; a token key ('<model>/<id>') as plain text. */
+function keyLink(key, names) {
+  const isToken = names.some((m) => key.startsWith(`${m}/`) && /^\d+$/.test(key.slice(m.length + 1)));
+  return isToken ? el("span", { class: "token-key" }, `token ${key}`) : featureLink(key);
+}
+
+const tagsOf = (prompts) => [...new Set(prompts.flatMap((p) => p.tags))].sort();
+
+function select(id, options, value, attrs = {}) {
+  return el(
+    "select",
+    { id, "data-testid": id, ...attrs },
+    options.map(([v, label]) => el("option", { value: v, selected: v === value }, label)),
+  );
+}
+
+// ---------------------------------------------------------------------------------------- prompts
+
+async function showPrompts(params) {
+  const tag = params.get("tag") ?? "";
+  const correct = params.get("correct") ?? "";
+  const filter = {};
+  if (tag) filter.tag = tag;
+  if (correct) filter.correct = correct === "true";
+  const [every, prompts] = await Promise.all([everyPrompt(), loadPrompts(Object.keys(filter).length ? filter : null)]);
+  const apply = () => go("prompts", { tag: $("#filter-tag").value, correct: $("#filter-correct").value });
+  const rows = prompts.map((p) => {
+    const graph = p.graphs[0];
+    return el(
+      "tr",
+      { "data-testid": "prompt-row", "data-prompt-id": p.id, class: "clickable", onclick: () => graph && go(`graph/${encodeURIComponent(graph.id)}`, {}) },
+      el("td", {}, p.id),
+      el("td", { class: "text" }, p.text),
+      el("td", {}, p.tags.map((t) => el("span", { class: "tag" }, t))),
+      el("td", {}, graph ? graph.topToken ?? "" : ""),
+      el("td", {}, graph ? correctBadge(graph.correct) : ""),
+      el("td", {}, p.graphs.map((g) => graphLink(g.id, "graph"))),
+    );
+  });
+  return [
+    el("h1", {}, "Prompts"),
+    el(
+      "div",
+      { class: "controls" },
+      el("label", {}, "tag ", select("filter-tag", [["", "any"], ...tagsOf(every).map((t) => [t, t])], tag, { onchange: apply })),
+      el(
+        "label",
+        {},
+        "prediction ",
+        select("filter-correct", [["", "any"], ["true", "correct"], ["false", "incorrect"]], correct, { onchange: apply }),
+      ),
+      el("span", { id: "prompt-count", "data-testid": "prompt-count" }, `${prompts.length} prompts`),
+    ),
+    table("prompt-table", ["id", "text", "tags", "prediction", "", "graphs"], rows),
+  ];
+}
+
+// ---------------------------------------------------------------------------------------- graph
+
+const GRAPH_QUERY = `query($id: ID!, $minInfluence: Float!, $topK: Int!) { graph(id: $id) {
+  id model transcoderSet promptId promptText topToken correct replacementScore completenessScore nNodes nEdges
+  prompt { tokens }
+  view(minInfluence: $minInfluence, topK: $topK) {
+    nodes { node kind layer position influence activation probability
+            feature { key label topContexts } token { text } }
+    edges { source target weight } }
+  subcircuits { subcircuit { key rank support } weight }
+  similar(limit: 5) { graphId text score } } }`;
+
+/** Node positions: x by token position (a column per position, wide enough for its fullest cell), y by layer. */
+function layout(nodes, nPositions) {
+  const layers = nodes.map((n) => n.layer);
+  const minLayer = Math.min(...layers);
+  const maxLayer = Math.max(...layers);
+  const cells = new Map();
+  for (const n of nodes) {
+    const key = `${n.layer}:${n.position}`;
+    if (!cells.has(key)) cells.set(key, []);
+    cells.get(key).push(n);
+  }
+  const step = 16;
+  const widths = Array.from({ length: nPositions }, () => 90);
+  for (const [key, members] of cells) {
+    const position = Number(key.split(":")[1]);
+    widths[position] = Math.max(widths[position], members.length * step + 20);
+  }
+  const lefts = widths.map((_, i) => 60 + widths.slice(0, i).reduce((a, b) => a + b, 0));
+  const rowHeight = 80;
+  const height = (maxLayer - minLayer) * rowHeight + 160;
+  const at = new Map();
+  for (const [key, members] of cells) {
+    const [layer, position] = key.split(":").map(Number);
+    members.sort((a, b) => (a.kind > b.kind ? 1 : a.kind < b.kind ? -1 : (b.influence ?? 0) - (a.influence ?? 0)));
+    const centre = lefts[position] + widths[position] / 2;
+    members.forEach((n, i) => {
+      at.set(n.node, { x: centre + (i - (members.length - 1) / 2) * step, y: height - 60 - (layer - minLayer) * rowHeight });
+    });
+  }
+  return { at, width: lefts[nPositions - 1] + widths[nPositions - 1] + 20, height, lefts, widths, minLayer, maxLayer, rowHeight };
+}
+
+function nodeLabel(n) {
+  if (n.kind === "FEATURE") return n.feature?.label || n.feature?.key || n.node;
+  if (n.kind === "TOKEN" || n.kind === "LOGIT") return JSON.stringify(n.token?.text ?? "");
+  return `error L${n.layer} @${n.position}`;
+}
+
+function showTooltip(event, n) {
+  tooltip.replaceChildren(
+    el("div", { class: "tt-title" }, `${n.kind.toLowerCase()}: ${nodeLabel(n)}`),
+    n.feature ? el("div", {}, `key ${n.feature.key}`) : null,
+    el("div", {}, `layer ${n.layer}, position ${n.position}`),
+    n.activation !== null ? el("div", {}, `activation ${fmt(n.activation)}`) : null,
+    n.influence !== null ? el("div", {}, `influence ${fmt(n.influence)}`) : null,
+    n.probability !== null ? el("div", {}, `probability ${fmt(n.probability)}`) : null,
+    n.feature?.topContexts?.length
+      ? el("div", { class: "tt-contexts" }, "top contexts:", el("ul", {}, n.feature.topContexts.slice(0, 5).map((c) => el("li", {}, c))))
+      : null,
+  );
+  tooltip.hidden = false;
+  tooltip.style.left = `${event.pageX + 14}px`;
+  tooltip.style.top = `${event.pageY + 14}px`;
+}
+
+function drawGraph(graph) {
+  const nodes = graph.view.nodes;
+  const nPositions = Math.max(graph.prompt?.tokens.length ?? 0, ...nodes.map((n) => n.position + 1));
+  const box = layout(nodes, nPositions);
+  const svg = svgEl("svg", { id: "graph-svg", "data-testid": "graph-svg", width: box.width, height: box.height, viewBox: `0 0 ${box.width} ${box.height}` });
+  for (let layer = box.minLayer; layer <= box.maxLayer; layer++) {
+    const y = box.height - 60 - (layer - box.minLayer) * box.rowHeight;
+    svg.append(svgEl("line", { class: "grid", x1: 50, x2: box.width - 10, y1: y, y2: y }));
+    const name = layer === box.minLayer ? "tokens" : layer === box.maxLayer ? "logits" : `L${layer}`;
+    const label = svgEl("text", { class: "axis", x: 4, y: y + 4 });
+    label.textContent = name;
+    svg.append(label);
+  }
+  (graph.prompt?.tokens ?? []).forEach((token, i) => {
+    const label = svgEl("text", { class: "token", x: box.lefts[i] + box.widths[i] / 2, y: box.height - 30, "text-anchor": "middle" });
+    label.textContent = JSON.stringify(token);
+    svg.append(label);
+  });
+  for (const n of nodes.filter((m) => m.kind === "LOGIT")) {
+    const p = box.at.get(n.node);
+    const label = svgEl("text", { class: "logit-label", x: p.x, y: p.y - 10, transform: `rotate(-45 ${p.x} ${p.y - 10})` });
+    label.textContent = JSON.stringify(n.token?.text ?? "");
+    svg.append(label);
+  }
+  const maxAbs = Math.max(1e-12, ...graph.view.edges.map((e) => Math.abs(e.weight)));
+  const edges = svgEl("g", { class: "edges" });
+  for (const e of graph.view.edges) {
+    const a = box.at.get(e.source);
+    const b = box.at.get(e.target);
+    if (!a || !b) continue;
+    const line = svgEl("line", {
+      class: `edge ${e.weight >= 0 ? "pos" : "neg"}`,
+      "data-testid": "graph-edge",
+      "data-weight": e.weight,
+      x1: a.x, y1: a.y, x2: b.x, y2: b.y,
+      "stroke-width": (0.4 + 4.6 * Math.abs(e.weight) / maxAbs).toFixed(2),
+    });
+    edges.append(line);
+  }
+  svg.append(edges);
+  const maxInfluence = Math.max(1e-12, ...nodes.map((n) => Math.abs(n.influence ?? 0)));
+  for (const n of nodes) {
+    const p = box.at.get(n.node);
+    const circle = svgEl("circle", {
+      class: `node ${n.kind.toLowerCase()}`,
+      "data-testid": "graph-node",
+      "data-node": n.node,
+      "data-kind": n.kind,
+      cx: p.x, cy: p.y,
+      r: (n.kind === "FEATURE" ? 3.5 + 3.5 * Math.abs(n.influence ?? 0) / maxInfluence : 5).toFixed(2),
+      onmouseenter: (event) => showTooltip(event, n),
+      onmouseleave: () => { tooltip.hidden = true; },
+      onclick: () => n.feature && go(`feature/${encodeURIComponent(n.feature.key)}`, {}),
+    });
+    svg.append(circle);
+  }
+  return svg;
+}
+
+async function showGraph(id, params) {
+  const minInfluence = Number(params.get("minInfluence") ?? 0);
+  const topK = Number(params.get("topK") ?? 300);
+  const graph = (await gql(GRAPH_QUERY, { id, minInfluence, topK })).graph;
+  const apply = () => go(`graph/${encodeURIComponent(id)}`, { minInfluence: $("#min-influence").value, topK: $("#top-k").value });
+  return [
+    el("h1", { id: "graph-title", "data-testid": "graph-title" }, graph.promptText),
+    el(
+      "p",
+      { class: "meta" },
+      `${graph.id} · ${graph.model} / ${graph.transcoderSet} · predicts ${JSON.stringify(graph.topToken ?? "")} `,
+      correctBadge(graph.correct),
+      ` · replacement ${fmt(graph.replacementScore)} · completeness ${fmt(graph.completenessScore)} · `,
+      `${graph.nNodes} nodes, ${graph.nEdges} edges stored; showing `,
+      el("span", { id: "shown-counts", "data-testid": "shown-counts" }, `${graph.view.nodes.length} nodes, ${graph.view.edges.length} edges`),
+    ),
+    el(
+      "div",
+      { class: "controls" },
+      el("label", {}, "min influence ", el("input", { id: "min-influence", "data-testid": "min-influence", type: "number", step: "any", value: minInfluence })),
+      el("label", {}, "top edges ", el("input", { id: "top-k", "data-testid": "top-k", type: "number", min: 1, value: topK })),
+      el("button", { id: "apply-view", "data-testid": "apply-view", onclick: apply }, "apply"),
+      el("span", { class: "legend" }, el("span", { class: "swatch pos" }), "positive ", el("span", { class: "swatch neg" }), "negative"),
+    ),
+    el("div", { class: "graph-scroll" }, drawGraph(graph)),
+    el(
+      "div",
+      { class: "columns" },
+      el(
+        "section",
+        {},
+        el("h2", {}, "Subcircuits here"),
+        graph.subcircuits.length
+          ? el("ul", {}, graph.subcircuits.map((s) => el("li", {}, `#${s.subcircuit?.rank} (support ${s.subcircuit?.support}), weight ${fmt(s.weight)}`)))
+          : el("p", { class: "muted" }, "none"),
+      ),
+      el(
+        "section",
+        {},
+        el("h2", {}, "Similar graphs"),
+        graph.similar.length
+          ? el("ul", {}, graph.similar.map((s) => el("li", {}, graphLink(s.graphId, s.text), ` (${fmt(s.score, 2)})`)))
+          : el("p", { class: "muted" }, "none"),
+      ),
+    ),
+  ];
+}
+
+// ---------------------------------------------------------------------------------------- feature
+
+const FEATURE_QUERY = `query($key: ID!) { feature(key: $key) {
+  key transcoderSet layer index label density topContexts promotedTokens community pagerank
+  graphs(limit: 50) { graphId promptId text correct influence activation positions }
+  neighbours(limit: 50) { direction key kind graphs sum sumAbs feature { label } }
+  supernodes { key name } } }`;
+
+function neighbourTable(testid, neighbours) {
+  const rows = neighbours.map((n) =>
+    el(
+      "tr",
+      { "data-testid": "neighbour-row", "data-key": n.key },
+      el("td", {}, n.kind === "Feature" ? featureLink(n.key) : n.key),
+      el("td", {}, n.feature?.label ?? ""),
+      el("td", { class: "num" }, n.graphs),
+      el("td", { class: `num ${n.sum >= 0 ? "pos" : "neg"}` }, fmt(n.sum)),
+    ),
+  );
+  return rows.length ? table(testid, ["key", "label", "graphs", "summed weight"], rows) : el("p", { id: testid, class: "muted" }, "none");
+}
+
+async function showFeature(key) {
+  const f = (await gql(FEATURE_QUERY, { key })).feature;
+  const rows = f.graphs.map((g) =>
+    el(
+      "tr",
+      { "data-testid": "feature-graph-row", "data-graph-id": g.graphId },
+      el("td", {}, graphLink(g.graphId, g.promptId)),
+      el("td", { class: "text" }, g.text),
+      el("td", {}, correctBadge(g.correct)),
+      el("td", { class: "num" }, fmt(g.influence)),
+      el("td", { class: "num" }, fmt(g.activation)),
+      el("td", { class: "num" }, g.positions),
+    ),
+  );
+  const drives = f.neighbours.filter((n) => n.direction === "in");
+  const driven = f.neighbours.filter((n) => n.direction === "out");
+  return [
+    el("h1", {}, "Feature ", el("code", { id: "feature-key", "data-testid": "feature-key" }, f.key)),
+    el(
+      "p",
+      { class: "meta" },
+      `${f.label ? `“${f.label}” · ` : ""}${f.transcoderSet}, layer ${f.layer}, index ${f.index} · density ${fmt(f.density)} · community ${f.community ?? "–"} · pagerank ${fmt(f.pagerank)}`,
+      f.supernodes.length ? ` · supernodes: ${f.supernodes.map((s) => s.name ?? s.key).join(", ")}` : "",
+    ),
+    f.topContexts?.length ? el("section", {}, el("h2", {}, "Top contexts"), el("ul", {}, f.topContexts.map((c) => el("li", {}, c)))) : null,
+    el("h2", {}, `Where it recurs (${f.graphs.length} graphs)`),
+    table("feature-graphs", ["prompt", "text", "", "influence", "activation", "positions"], rows),
+    el(
+      "div",
+      { class: "columns" },
+      el("section", {}, el("h2", {}, "What drives it"), neighbourTable("neighbours-in", drives)),
+      el("section", {}, el("h2", {}, "What it drives"), neighbourTable("neighbours-out", driven)),
+    ),
+  ];
+}
+
+// ---------------------------------------------------------------------------------------- subcircuits
+
+const SUBCIRCUITS_QUERY = `query($after: String) { subcircuits(first: 20, after: $after) {
+  edges { node { key rank support supportFraction influence weight edges { source target }
+                 occurrences(limit: 25) { graphId weight graph { promptId promptText correct } } } }
+  pageInfo { hasNextPage endCursor } } }`;
+
+async function showSubcircuits() {
+  const [page, names] = await Promise.all([gql(SUBCIRCUITS_QUERY).then((d) => d.subcircuits), models()]);
+  const cards = page.edges.map(({ node: s }) =>
+    el(
+      "article",
+      { class: "card", "data-testid": "subcircuit", "data-key": s.key, "data-support": s.support, "data-rank": s.rank },
+      el("h3", {}, `#${s.rank} · support ${s.support} (${(100 * s.supportFraction).toFixed(0)}% of graphs) · influence ${fmt(s.influence)}`),
+      el(
+        "details",
+        { open: s.edges.length <= 6 },
+        el("summary", {}, `${s.edges.length} edges`),
+        el("ul", { class: "edges-list" }, s.edges.map((e) => el("li", {}, keyLink(e.source, names), " → ", keyLink(e.target, names)))),
+      ),
+      el(
+        "ul",
+        { class: "occurrences" },
+        s.occurrences.map((o) =>
+          el("li", { "data-testid": "occurrence", "data-graph-id": o.graphId }, graphLink(o.graphId, o.graph?.promptText ?? o.graphId), " ", correctBadge(o.graph?.correct), ` weight ${fmt(o.weight)}`),
+        ),
+      ),
+    ),
+  );
+  return [
+    el("h1", {}, "Recurring subcircuits"),
+    cards.length ? el("div", { id: "subcircuit-list", "data-testid": "subcircuit-list" }, cards) : el("p", { class: "muted" }, "No subcircuits mined yet: run `circuitbase analyze`."),
+    page.pageInfo.hasNextPage ? el("p", { class: "muted" }, "showing the 20 best ranked") : null,
+  ];
+}
+
+// ---------------------------------------------------------------------------------------- compare
+
+const COMPARE_PROMPTS_QUERY = `query($ids: [ID!]!) { comparePrompts(promptIds: $ids) {
+  graphIds graphs { id promptId promptText correct topToken }
+  features(limit: 100) { key graphs shared uniqueTo influence feature { label } }
+  subcircuits(limit: 50) { key shared weight subcircuit { rank support } } } }`;
+
+const COMPARE_SETS_QUERY = `query($sides: SidesInput!) { compareSets(sides: $sides, limit: 50) {
+  a b nA nB features { key kA nA kB nB pA pB diff z feature { label } }
+  uniqueFeatures(limit: 50) { key side graphsA graphsB meanInfluence } } }`;
+
+function compareForm(params, prompts) {
+  const ids = prompts.map((p) => [p.id, `${p.id}: ${p.text.slice(0, 40)}`]);
+  const tags = tagsOf(prompts).map((t) => [t, t]);
+  const mode = params.get("split") || params.get("aTag") ? "sets" : "prompts";
+  const run = () => {
+    if ($("#compare-mode").value === "prompts") go("compare", { a: $("#compare-a").value, b: $("#compare-b").value });
+    else if ($("#compare-split").value === "correct") go("compare", { split: "correct" });
+    else go("compare", { aTag: $("#compare-a-tag").value, bTag: $("#compare-b-tag").value });
+  };
+  const toggle = () => {
+    $("#pick-prompts").hidden = $("#compare-mode").value !== "prompts";
+    $("#pick-sets").hidden = $("#compare-mode").value !== "sets";
+  };
+  setTimeout(toggle);
+  return el(
+    "div",
+    { class: "controls" },
+    select("compare-mode", [["prompts", "two prompts"], ["sets", "two prompt sets"]], mode, { onchange: toggle }),
+    el("span", { class: "group", id: "pick-prompts" }, "A ", select("compare-a", ids, params.get("a") ?? ids[0]?.[0]), " B ", select("compare-b", ids, params.get("b") ?? ids[1]?.[0])),
+    el(
+      "span",
+      { class: "group", id: "pick-sets" },
+      select("compare-split", [["correct", "correct vs incorrect"], ["tags", "tag vs tag"]], params.get("aTag") ? "tags" : "correct"),
+      " A ", select("compare-a-tag", tags, params.get("aTag") ?? tags[0]?.[0]),
+      " B ", select("compare-b-tag", tags, params.get("bTag") ?? tags[1]?.[0]),
+    ),
+    el("button", { id: "compare-run", "data-testid": "compare-run", onclick: run }, "compare"),
+  );
+}
+
+function presenceClass(present) {
+  if (present.every(Boolean)) return "shared";
+  return present[0] ? "only-a" : "only-b";
+}
+
+async function comparePrompts(a, b) {
+  const out = (await gql(COMPARE_PROMPTS_QUERY, { ids: [a, b] })).comparePrompts;
+  const [ga, gb] = out.graphs;
+  const rows = out.features.map((f) => {
+    const cls = presenceClass(f.influence.map((x) => x !== null));
+    return el(
+      "tr",
+      { class: cls, "data-testid": "compare-feature", "data-key": f.key, "data-shared": String(f.shared) },
+      el("td", {}, featureLink(f.key)),
+      el("td", {}, f.feature?.label ?? ""),
+      el("td", { class: "num" }, fmt(f.influence[0])),
+      el("td", { class: "num" }, fmt(f.influence[1])),
+      el("td", {}, el("span", { class: `badge ${cls}` }, cls === "shared" ? "shared" : cls === "only-a" ? "only A" : "only B")),
+    );
+  });
+  const shared = out.features.filter((f) => f.shared).length;
+  return [
+    el(
+      "div",
+      { class: "columns" },
+      [ga, gb].map((g, i) =>
+        el("section", { class: `side side-${i ? "b" : "a"}` }, el("h2", {}, i ? "B" : "A", " ", g ? graphLink(g.id, g.promptText) : "(no graph)"), g ? correctBadge(g.correct) : null),
+      ),
+    ),
+    el("p", { id: "compare-summary", "data-testid": "compare-summary" }, `${shared} shared features, ${out.features.length - shared} in one prompt only (of the ${out.features.length} listed)`),
+    table("compare-features", ["feature", "label", "influence A", "influence B", ""], rows),
+    out.subcircuits.length
+      ? el("section", {}, el("h2", {}, "Subcircuits"), el("ul", {}, out.subcircuits.map((s) => el("li", { class: presenceClass(s.weight.map((w) => w !== null)) }, `#${s.subcircuit?.rank} (support ${s.subcircuit?.support}): weight A ${fmt(s.weight[0])}, B ${fmt(s.weight[1])}`))))
+      : null,
+  ];
+}
+
+async function compareSets(sides) {
+  const out = (await gql(COMPARE_SETS_QUERY, { sides })).compareSets;
+  const rows = out.features.map((f) => {
+    const cls = presenceClass([f.kA > 0, f.kB > 0]);
+    return el(
+      "tr",
+      { class: cls, "data-testid": "compare-feature", "data-key": f.key, "data-shared": String(cls === "shared") },
+      el("td", {}, featureLink(f.key)),
+      el("td", {}, f.feature?.label ?? ""),
+      el("td", { class: "num" }, `${f.kA}/${f.nA}`),
+      el("td", { class: "num" }, `${f.kB}/${f.nB}`),
+      el("td", { class: `num ${f.diff >= 0 ? "pos" : "neg"}` }, fmt(f.diff, 2)),
+      el("td", { class: "num" }, fmt(f.z, 2)),
+    );
+  });
+  const unique = out.uniqueFeatures.map((u) =>
+    el("li", { class: u.side === "a" ? "only-a" : "only-b", "data-testid": "unique-feature", "data-side": u.side }, featureLink(u.key), ` only in ${u.side.toUpperCase()} (${u.side === "a" ? u.graphsA : u.graphsB} graphs)`),
+  );
+  return [
+    el("p", { id: "compare-summary", "data-testid": "compare-summary" }, `A = ${out.a} (${out.nA} graphs) vs B = ${out.b} (${out.nB} graphs)`),
+    table("compare-features", ["feature", "label", "in A", "in B", "pA − pB", "z"], rows),
+    el("h2", {}, "Seen on one side only"),
+    unique.length ? el("ul", { id: "unique-features" }, unique) : el("p", { class: "muted" }, "none"),
+  ];
+}
+
+async function showCompare(params) {
+  const prompts = await everyPrompt();
+  let result = [el("p", { class: "muted" }, "Pick two prompts or two prompt sets.")];
+  if (params.get("a") && params.get("b")) result = await comparePrompts(params.get("a"), params.get("b"));
+  else if (params.get("split")) result = await compareSets({ split: params.get("split") });
+  else if (params.get("aTag") && params.get("bTag")) result = await compareSets({ aTag: params.get("aTag"), bTag: params.get("bTag") });
+  return [el("h1", {}, "Compare"), compareForm(params, prompts), ...result];
+}
+
+// ---------------------------------------------------------------------------------------- router
+
+function $(selector) {
+  return document.querySelector(selector);
+}
+
+async function route() {
+  const { name, arg, params } = parseHash();
+  const views = {
+    prompts: () => showPrompts(params),
+    graph: () => showGraph(arg, params),
+    feature: () => showFeature(arg),
+    subcircuits: () => showSubcircuits(),
+    compare: () => showCompare(params),
+  };
+  view.removeAttribute("data-ready");
+  tooltip.hidden = true;
+  errorBox.hidden = true;
+  for (const link of document.querySelectorAll("nav a[data-route]")) link.classList.toggle("active", link.dataset.route === name);
+  try {
+    if (!views[name]) throw new Error(`no such page: ${name}`);
+    view.replaceChildren(...(await views[name]()).filter(Boolean));
+  } catch (error) {
+    errorBox.textContent = error.message;
+    errorBox.hidden = false;
+    view.replaceChildren();
+  }
+  view.setAttribute("data-ready", name);
+}
+
+window.addEventListener("hashchange", route);
+route();

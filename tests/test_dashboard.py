@@ -1,0 +1,270 @@
+"""The dashboard in a real headless Chromium (Playwright) against a real uvicorn server and Neo4j.
+
+Every view is opened by its hash route or by clicking, checked against what the GraphQL API returns, and
+screenshotted to artifacts/screenshots/<view>.png. Chromium comes from the OS packages (Debian:
+`apt-get install chromium`), or CIRCUITBASE_CHROMIUM names the binary; without it the tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import neo4j
+import pytest
+import uvicorn
+from playwright.sync_api import Page, sync_playwright
+
+from circuitbase.analysis.run import run_analysis
+from circuitbase.api.app import create_app
+from circuitbase.ingest.model import feature_key, graph_id
+from tests.api_data import SYNTHETIC, TEXTS
+
+pytest_plugins = ["tests.api_data"]  # the graph_files and store fixtures
+pytestmark = pytest.mark.neo4j
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+CHROMIUM_ENV = "CIRCUITBASE_CHROMIUM"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """The Chromium binary: $CIRCUITBASE_CHROMIUM, else `chromium` on PATH; a clear failure without one."""
+    found = os.environ.get(CHROMIUM_ENV) or shutil.which("chromium")
+    if not found:
+        pytest.fail(
+            "the dashboard tests need Chromium: install it from the OS packages "
+            f"(Debian: apt-get install -y chromium) or set {CHROMIUM_ENV} to its binary",
+            pytrace=False,
+        )
+    return found
+
+
+@pytest.fixture(scope="module")
+def analysed(store: neo4j.Driver) -> neo4j.Driver:
+    """The API test data after every analysis step (communities, subcircuits, similarity, hubs)."""
+    run_analysis(store)
+    return store
+
+
+@pytest.fixture(scope="module")
+def base_url(analysed: neo4j.Driver) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, in a thread."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(driver=analysed), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the dashboard server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(base_url: str) -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(base_url + "/")
+        yield page
+        browser.close()
+        assert not errors, errors
+
+
+def api(base_url: str, query: str, **variables: Any) -> dict:
+    body = httpx.post(f"{base_url}/graphql", json={"query": query, "variables": variables}).json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def shown(page: Page, action: Callable[[], object], view: str, screenshot: str | None = None) -> None:
+    """Do `action` (a navigation or a click), wait until `view` has rendered without error, screenshot it."""
+    page.evaluate("document.getElementById('view').removeAttribute('data-ready')")
+    action()
+    page.wait_for_selector(f'#view[data-ready="{view}"]', timeout=15_000)
+    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+    if screenshot:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / f"{screenshot}.png", full_page=True)
+
+
+def goto(page: Page, base_url: str, route: str, view: str, screenshot: str | None = None) -> None:
+    shown(page, lambda: page.goto(f"{base_url}/#/{route}"), view, screenshot)
+
+
+def row_ids(page: Page, testid: str, attribute: str) -> list[str]:
+    return page.eval_on_selector_all(
+        f'[data-testid="{testid}"]', f"rows => rows.map(r => r.getAttribute('{attribute}'))"
+    )
+
+
+def test_dashboard_and_static_files_are_served(base_url: str) -> None:
+    index = httpx.get(f"{base_url}/")
+    assert index.status_code == 200 and '<main id="view"' in index.text
+    script = httpx.get(f"{base_url}/static/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert httpx.get(f"{base_url}/static/nope.js").status_code == 404
+
+
+def test_prompt_list_and_filters(page: Page, base_url: str) -> None:
+    goto(page, base_url, "prompts", "prompts", "prompts")
+    every = row_ids(page, "prompt-row", "data-prompt-id")
+    assert len(every) == len(TEXTS) + SYNTHETIC.n_graphs
+    assert page.inner_text("#prompt-count") == f"{len(every)} prompts"
+
+    shown(page, lambda: page.select_option("#filter-tag", "left"), "prompts")
+    assert row_ids(page, "prompt-row", "data-prompt-id") == ["p0", "p1"]
+    assert "tag=left" in page.url
+
+    shown(page, lambda: page.select_option("#filter-tag", ""), "prompts")
+    shown(page, lambda: page.select_option("#filter-correct", "false"), "prompts", "prompts-incorrect")
+    query = "{ prompts(filter: {correct: false}, first: 50) { edges { node { id } } } }"
+    incorrect = [e["node"]["id"] for e in api(base_url, query)["prompts"]["edges"]]
+    assert incorrect and row_ids(page, "prompt-row", "data-prompt-id") == incorrect
+    assert set(page.locator('[data-testid="prompt-row"] .badge').all_inner_texts()) == {"incorrect"}
+
+
+def test_graph_view_draws_the_layered_graph(page: Page, base_url: str) -> None:
+    goto(page, base_url, "prompts", "prompts")
+    shown(page, lambda: page.click('[data-testid="prompt-row"][data-prompt-id="p1"]'), "graph", "graph")
+    gid = graph_id("fixtures/plt-relu", "p1")
+    assert page.url.endswith("#/graph/" + quote(gid, safe=""))
+    query = """query($id: ID!, $i: Float!) { graph(id: $id) { promptText
+        view(minInfluence: $i, topK: 300) { nodes { node kind } edges { weight } } } }"""
+    expected = api(base_url, query, id=gid, i=0.0)["graph"]
+    assert page.inner_text("#graph-title") == expected["promptText"] == TEXTS[1]
+    nodes = page.eval_on_selector_all(
+        "#graph-svg circle.node",
+        "cs => cs.map(c => ({node: c.dataset.node, kind: c.dataset.kind, y: Number(c.getAttribute('cy'))}))",
+    )
+    assert sorted(n["node"] for n in nodes) == sorted(n["node"] for n in expected["view"]["nodes"])
+    # layered: input tokens at the bottom (largest y), logits on top
+    y = {kind: [n["y"] for n in nodes if n["kind"] == kind] for kind in ("TOKEN", "FEATURE", "LOGIT")}
+    assert min(y["TOKEN"]) > max(y["FEATURE"]) and min(y["FEATURE"]) > max(y["LOGIT"])
+    edges = page.eval_on_selector_all(
+        "#graph-svg line.edge", "ls => ls.map(l => [Number(l.dataset.weight), l.classList.contains('pos')])"
+    )
+    assert len(edges) == len(expected["view"]["edges"]) > 0
+    assert all(positive == (weight >= 0) for weight, positive in edges)
+    assert {True, False} == {positive for _, positive in edges}
+
+    feature = page.locator('#graph-svg circle[data-kind="FEATURE"]').first
+    feature.hover()
+    tip = page.inner_text("#tooltip")
+    assert page.locator("#tooltip").is_visible() and "activation" in tip and "influence" in tip
+    assert f"key fixtures/plt-relu/{feature.get_attribute('data-node').split('_')[0]}/" in tip
+
+    page.fill("#min-influence", "0.01")
+    shown(page, lambda: page.click("#apply-view"), "graph", "graph-pruned")
+    pruned = api(base_url, query, id=gid, i=0.01)["graph"]["view"]["nodes"]
+    assert page.locator("#graph-svg circle.node").count() == len(pruned) < len(nodes)
+
+
+def test_feature_page_shows_where_it_recurs_and_its_neighbours(page: Page, base_url: str) -> None:
+    planted = SYNTHETIC.circuits[0]
+    key = feature_key("synthetic-set", *planted.features[0])
+    goto(page, base_url, f"feature/{quote(key, safe='')}", "feature", "feature")
+    assert page.inner_text("#feature-key") == key
+    query = "query($k: ID!) { feature(key: $k) { graphs(limit: 50) { graphId } } }"
+    expected = [g["graphId"] for g in api(base_url, query, k=key)["feature"]["graphs"]]
+    assert expected and row_ids(page, "feature-graph-row", "data-graph-id") == expected
+    drivers = page.eval_on_selector_all(
+        '#neighbours-in [data-testid="neighbour-row"]', "rs => rs.map(r => r.dataset.key)"
+    )
+    driven = page.eval_on_selector_all(
+        '#neighbours-out [data-testid="neighbour-row"]', "rs => rs.map(r => r.dataset.key)"
+    )
+    assert drivers[0] == f"synthetic/{planted.token}"
+    assert driven[0] == feature_key("synthetic-set", *planted.features[1])
+    shown(page, lambda: page.locator('[data-testid="feature-graph-row"] a').first.click(), "graph")
+    assert page.url.endswith("#/graph/" + quote(expected[0], safe=""))
+
+
+def test_subcircuits_ranked_by_support_with_their_prompts(page: Page, base_url: str) -> None:
+    goto(page, base_url, "subcircuits", "subcircuits", "subcircuits")
+    cards = page.eval_on_selector_all(
+        '[data-testid="subcircuit"]',
+        """cs => cs.map(c => ({rank: Number(c.dataset.rank), support: Number(c.dataset.support),
+            occurrences: c.querySelectorAll('[data-testid="occurrence"]').length}))""",
+    )
+    assert len(cards) >= 2
+    assert [c["rank"] for c in cards] == sorted(c["rank"] for c in cards)
+    assert [c["support"] for c in cards] == sorted((c["support"] for c in cards), reverse=True)
+    assert all(c["occurrences"] == min(c["support"], 25) for c in cards)
+    first = page.locator('[data-testid="occurrence"]').first
+    target = first.get_attribute("data-graph-id")
+    shown(page, lambda: first.locator("a").click(), "graph")
+    assert page.url.endswith("#/graph/" + quote(target, safe=""))
+
+
+def test_compare_two_prompts_marks_shared_features(page: Page, base_url: str) -> None:
+    goto(page, base_url, "compare", "compare")
+    page.select_option("#compare-mode", "prompts")
+    page.select_option("#compare-a", "synthetic-0-0")
+    page.select_option("#compare-b", "synthetic-0-2")
+    shown(page, lambda: page.click("#compare-run"), "compare", "compare-prompts")
+    query = """{ comparePrompts(promptIds: ["synthetic-0-0", "synthetic-0-2"]) {
+        features(limit: 100) { key shared } } }"""
+    expected = api(base_url, query)["comparePrompts"]["features"]
+    rows = page.eval_on_selector_all(
+        '[data-testid="compare-feature"]',
+        "rs => rs.map(r => ({key: r.dataset.key, shared: r.dataset.shared === 'true', cls: r.className}))",
+    )
+    assert [r["key"] for r in rows] == [f["key"] for f in expected]
+    assert [r["shared"] for r in rows] == [f["shared"] for f in expected]
+    assert all((r["cls"] == "shared") == r["shared"] for r in rows)
+    # both prompts use the capitals circuit's input feature (the second one is broken after it)
+    shared = {r["key"] for r in rows if r["shared"]}
+    assert feature_key("synthetic-set", *SYNTHETIC.circuits[0].features[0]) in shared
+    assert any(r["cls"] == "only-a" for r in rows) and any(r["cls"] == "only-b" for r in rows)
+
+
+def test_compare_prompt_sets(page: Page, base_url: str) -> None:
+    goto(page, base_url, "compare", "compare")
+    page.select_option("#compare-mode", "sets")
+    page.select_option("#compare-split", "correct")
+    shown(page, lambda: page.click("#compare-run"), "compare", "compare-correct")
+    out = api(base_url, '{ compareSets(sides: {split: "correct"}, limit: 50) { nA nB features { key } } }')
+    summary = page.inner_text("#compare-summary")
+    assert (
+        f"({out['compareSets']['nA']} graphs)" in summary
+        and f"({out['compareSets']['nB']} graphs)" in summary
+    )
+    keys = row_ids(page, "compare-feature", "data-key")
+    assert keys == [f["key"] for f in out["compareSets"]["features"]]
+
+    page.select_option("#compare-split", "tags")
+    page.select_option("#compare-a-tag", "capitals")
+    page.select_option("#compare-b-tag", "arithmetic")
+    shown(page, lambda: page.click("#compare-run"), "compare", "compare-tags")
+    only_a = page.eval_on_selector_all(
+        '[data-testid="unique-feature"][data-side="a"] a', "as => as.map(a => a.textContent)"
+    )
+    capitals = {feature_key("synthetic-set", *f) for f in SYNTHETIC.circuits[0].features}
+    assert capitals & set(only_a)
