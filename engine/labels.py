@@ -11,7 +11,8 @@
 4. Label (rule-based, offline): "→ 'a', 'b', 'c' | fires on 'x'" from the top promoted tokens and the
    most frequent max-activating token among the kept contexts.
 Stored as `feature_labels.json` beside the transcoders (`FeatureLabels.save` / `load_labels`), compact:
-a context is [token pieces, index of the marked token, activation, document index, token position].
+one row per feature in FEATURE_COLUMNS order; a context is [token pieces, index of the marked token,
+activation, document index, token position]; promoted/suppressed are [token, logit-lens value] pairs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from circuitbase.engine.transcoders import TranscoderSet
 
 LABELS_FILE = "feature_labels.json"
 FORMAT = "circuitbase-feature-labels/1"
+FEATURE_COLUMNS = ("layer", "index", "density", "label", "contexts", "promoted", "suppressed")
 LOGIT_LENS = "W_U @ W_dec[f]; cross-layer sets: W_U @ sum of W_dec[f] over every output layer"
 
 
@@ -122,7 +124,8 @@ class FeatureLabels:
         doc = {
             "format": FORMAT,
             **{k: v for k, v in asdict(self).items() if k != "features"},
-            "features": [_feature_json(f) for f in self.features],
+            "columns": list(FEATURE_COLUMNS),
+            "features": [_feature_row(f) for f in self.features],
         }
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
@@ -134,16 +137,16 @@ def _short(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def _feature_json(f: FeatureLabel) -> dict[str, Any]:
-    return {
-        "layer": f.layer,
-        "index": f.index,
-        "density": _short(f.density),
-        "label": f.label,
-        "contexts": [[c.tokens, c.at, _short(c.act), c.doc, c.pos] for c in f.contexts],
-        "promoted": [[t, _short(v)] for t, v in f.promoted],
-        "suppressed": [[t, _short(v)] for t, v in f.suppressed],
-    }
+def _feature_row(f: FeatureLabel) -> list[Any]:
+    return [
+        f.layer,
+        f.index,
+        _short(f.density),
+        f.label,
+        [[c.tokens, c.at, _short(c.act), c.doc, c.pos] for c in f.contexts],
+        [[t, _short(v)] for t, v in f.promoted],
+        [[t, _short(v)] for t, v in f.suppressed],
+    ]
 
 
 def labels_path(transcoders_dir: str | Path) -> Path:
@@ -163,17 +166,19 @@ def load_labels(path: str | Path) -> FeatureLabels:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise LabelError(f"{path} is not a {FORMAT} file")
     try:
+        if doc["columns"] != list(FEATURE_COLUMNS):
+            raise ValueError(f"columns {doc['columns']} instead of {list(FEATURE_COLUMNS)}")
         features = [
             FeatureLabel(
-                layer=f["layer"],
-                index=f["index"],
-                density=f["density"],
-                label=f["label"],
-                contexts=[Context(*c) for c in f["contexts"]],
-                promoted=[(t, v) for t, v in f["promoted"]],
-                suppressed=[(t, v) for t, v in f["suppressed"]],
+                layer=layer,
+                index=index,
+                density=density,
+                label=label,
+                contexts=[Context(*c) for c in contexts],
+                promoted=[(t, v) for t, v in promoted],
+                suppressed=[(t, v) for t, v in suppressed],
             )
-            for f in doc["features"]
+            for layer, index, density, label, contexts, promoted, suppressed in doc["features"]
         ]
         return FeatureLabels(
             transcoder_set=doc["transcoder_set"],

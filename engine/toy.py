@@ -43,6 +43,8 @@ WORDS = ("capital", "of", "is", "in", "plus")
 DATASET = "toy"
 
 
+MODEL_DIR_NAME = "toy"  # the directory name is the model name the graphs and the database record
+
 class ToyError(ValueError):
     """A toy artifact is missing or a prompt is not one of the toy tasks."""
 
@@ -384,8 +386,8 @@ def build_toy(
     accuracy = evaluate(model)
     for key, value in accuracy.items():
         log(f"accuracy {key}: {value['accuracy']:.3f} (n={value['n']})")
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
+    model.save_pretrained(out / MODEL_DIR_NAME)
+    tokenizer.save_pretrained(out / MODEL_DIR_NAME)
     corpus = out / "corpus.txt"
     corpus.write_text("\n".join(corpus_lines(seed=config.seed)) + "\n", encoding="utf-8")
     train_config = toy_transcoder_config(config)
@@ -409,7 +411,7 @@ def build_toy(
 def shipped_paths(root: str | Path = SHIPPED_DIR) -> tuple[Path, Path]:
     """(model directory, transcoder directory) of a built toy (default: the one shipped in the package)."""
     root = Path(root)
-    model_dir, tc_dir = root / "model", root / "transcoders"
+    model_dir, tc_dir = root / MODEL_DIR_NAME, root / "transcoders"
     if not (model_dir / "config.json").is_file() or not (tc_dir / "config.yaml").is_file():
         raise ToyError(f"{root} holds no built toy model; run `circuitbase toy build --out {root}`")
     return model_dir, tc_dir

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from circuitbase.engine.graph import AttributionGraph
 from circuitbase.ingest.jobs import JobRecord
+from circuitbase.ingest.labels import write_feature_labels
 from circuitbase.ingest.model import GraphRows, IngestError, rows_from_graph
 from circuitbase.ingest.neuronpedia_import import rows_from_neuronpedia
 from circuitbase.ingest.writer import WriterConfig, write_graph
@@ -33,6 +34,8 @@ class IngestConfig:
     model / transcoder_set: every graph must name this model / set (None, the default: any).
     skip_bad: go on past bad items and list them (default False: the first bad item stops the job).
     database: Neo4j database name (default "neo4j"). writer: batching inside a graph's transaction.
+    labels: a feature labels file or transcoder folder whose labels are written onto the Feature nodes
+    after the graphs (default None: none).
     """
 
     model: str | None = None
@@ -40,6 +43,7 @@ class IngestConfig:
     skip_bad: bool = False
     database: str = "neo4j"
     writer: WriterConfig = field(default_factory=WriterConfig)
+    labels: Path | None = None
 
 
 @dataclass
@@ -54,6 +58,7 @@ class IngestSummary:
     relationships: int = 0
     seconds: float = 0.0
     bad: list[str] = field(default_factory=list)
+    features_labelled: int = 0
 
     @property
     def graphs_per_second(self) -> float:
@@ -200,6 +205,10 @@ def run_job(
         loader = GraphLoader(driver, job, config=config, progress=progress, total=total)
         try:
             body(loader)
+            if config.labels is not None:
+                loader.summary.features_labelled = write_feature_labels(
+                    driver, config.labels, database=config.database
+                )
         except KeyboardInterrupt:
             job.finish("interrupted")
             raise

@@ -99,6 +99,7 @@ def ingest_prompts(
         skip_bad=base.skip_bad,
         database=base.database,
         writer=base.writer,
+        labels=base.labels,
     )
     out_dir = Path(out_dir)
     done = complete_graph_ids(driver, database=config.database)

@@ -162,7 +162,7 @@ def test_cli_trains_the_toy_model_transcoders(tmp_path: Path) -> None:
     assert "layer 1: fvu" in result.output and "KL" in result.output
     transcoders = TranscoderSet.load(out)
     assert transcoders.cross_layer and transcoders.config.activation == "jumprelu"
-    assert transcoders.config.model_name == "model" and (out / "metrics.json").is_file()
+    assert transcoders.config.model_name == "toy" and (out / "metrics.json").is_file()
     bad = CliRunner().invoke(app, ["train-transcoders", *options, "--activation", "gelu"])
     assert bad.exit_code == 1 and "activation must be topk, jumprelu or relu" in bad.output
 

@@ -61,10 +61,12 @@ def _work_dir(model: str) -> Path:
 
 
 def _write_prompts(path: Path, n: int) -> Path:
-    from circuitbase.engine.toy import toy_prompts
+    """`n` random toy prompts plus every prompt the toy model was never taught (its wrong answers)."""
+    from circuitbase.engine.toy import fixed_examples, toy_prompts
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(p) for p in toy_prompts(n, seed=0)]
+    untaught = [e for e in fixed_examples() if {"unknown", "held_out"} & set(e["tags"])]
+    lines = [json.dumps(p) for p in [*toy_prompts(n, seed=0), *untaught]]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -154,14 +156,34 @@ def demo_command(
         driver.close()
 
 
+def _display_names(driver: neo4j.Driver, keys: set[str], database: str) -> dict[str, str]:
+    """Token keys read as their text (quoted); feature keys keep their key, plus a label when there is one."""
+    records, _, _ = driver.execute_query(
+        "UNWIND $keys AS key OPTIONAL MATCH (t:Token {key: key}) OPTIONAL MATCH (f:Feature {key: key}) "
+        "RETURN key, t.text AS text, f.label AS label",
+        {"keys": sorted(keys)},
+        database_=database,
+    )
+    names = {}
+    for r in records:
+        if r["text"] is not None:
+            names[r["key"]] = repr(r["text"])
+        elif r["label"]:
+            names[r["key"]] = f"{r['key']} ({r['label']})"
+    return names
+
+
 def _report(driver: neo4j.Driver, comparison: Comparison, *, database: str, browser: str, port: int) -> None:
     from circuitbase.analysis.queries import run_query
 
     table = Table(title="Top recurring subcircuits")
     for column in ("rank", "support (graphs)", "edges (source -> target)"):
         table.add_column(column)
-    for row in run_query(driver, "subcircuits_top", database=database, limit=8):
-        edges = [f"{a} -> {b}" for a, b in zip(row["sources"], row["targets"], strict=True)]
+    rows = run_query(driver, "subcircuits_top", database=database, limit=8)
+    names = _display_names(driver, {k for r in rows for k in [*r["sources"], *r["targets"]]}, database)
+    for row in rows:
+        pairs = zip(row["sources"], row["targets"], strict=True)
+        edges = [f"{names.get(a, a)} -> {names.get(b, b)}" for a, b in pairs]
         table.add_row(str(row["rank"]), str(row["support"]), "\n".join(edges[:4]))
     console.print(table)
     table = Table(
@@ -174,9 +196,9 @@ def _report(driver: neo4j.Driver, comparison: Comparison, *, database: str, brow
     console.print(table)
     console.print(f"\n[bold]Neo4j Browser[/bold] {browser} — paste:")
     for title, query in BROWSER_QUERIES:
-        console.print(f"  // {title}\n  {query}")
+        console.print(f"  // {title}\n  {query}", markup=False, highlight=False)
     console.print(
         f"\n[bold]GraphQL[/bold] http://127.0.0.1:{port}/graphql (dashboard: http://127.0.0.1:{port}/):"
     )
     for query in GRAPHQL_QUERIES:
-        console.print(f"  {query}")
+        console.print(f"  {query}", markup=False, highlight=False)

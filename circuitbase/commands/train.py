@@ -1,8 +1,9 @@
-"""`circuitbase train-transcoders` and `circuitbase toy ...`: train transcoders; build the toy model."""
+"""`circuitbase train-transcoders`, `label-features` and `toy ...`: train and label transcoders; the toy."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -38,11 +39,13 @@ def train_transcoders_command(
     resume: bool = typer.Option(False, help="Continue from the latest checkpoint in OUT."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda."),
+    label: bool = typer.Option(True, help="Then label the features (feature_labels.json) on the corpus."),
+    label_tokens: int = typer.Option(500_000, help="Corpus tokens the feature labels are computed on."),
 ) -> None:
     """Train transcoders for MODEL on CORPUS; writes the public format plus metrics.json into OUT."""
-    from circuitbase.engine.corpus import generated_corpus
-    from circuitbase.engine.models import load_model, models_dir
+    from circuitbase.engine.models import load_model
     from circuitbase.engine.training import TrainConfig, train_transcoders
+    from circuitbase.engine.transcoders import TranscoderSet
 
     with fail_on(console):
         config = TrainConfig(
@@ -62,21 +65,7 @@ def train_transcoders_command(
             name=out.name,
         )
         loaded = load_model(model, device=resolve_device(device))
-        if corpus is None:
-            corpus = (
-                models_dir().parent
-                / "corpora"
-                / (f"{loaded.name}-generated-{generate_texts}x{context_length}-seed{seed}.jsonl")
-            )
-            console.print(f"generating {generate_texts} texts with {loaded.name} into {corpus} (once)")
-            generated_corpus(
-                loaded.model,
-                loaded.tokenizer,
-                corpus,
-                n_texts=generate_texts,
-                length=context_length,
-                seed=seed,
-            )
+        corpus = corpus or _generated(loaded, generate_texts, context_length, seed)
         metrics = train_transcoders(
             loaded.model,
             loaded.tokenizer,
@@ -89,6 +78,63 @@ def train_transcoders_command(
             log=console.print,
         )
         _print_metrics(metrics)
+        if label:
+            _label(loaded, TranscoderSet.load(out, device=loaded.model.device), out, corpus, label_tokens)
+
+
+def _generated(loaded: Any, n_texts: int, length: int, seed: int) -> Path:
+    """The corpus MODEL generates itself (cached under the models folder's sibling `corpora`)."""
+    from circuitbase.engine.corpus import generated_corpus
+    from circuitbase.engine.models import models_dir
+
+    path = models_dir().parent / "corpora" / f"{loaded.name}-generated-{n_texts}x{length}-seed{seed}.jsonl"
+    console.print(f"generating {n_texts} texts with {loaded.name} into {path} (once)")
+    return generated_corpus(loaded.model, loaded.tokenizer, path, n_texts=n_texts, length=length, seed=seed)
+
+
+def _label(loaded: Any, transcoders: Any, out: Path, corpus: Path, max_tokens: int) -> None:
+    from circuitbase.engine.labels import LabelConfig, label_features
+
+    labels = label_features(
+        loaded.model,
+        loaded.tokenizer,
+        transcoders,
+        corpus=corpus,
+        config=LabelConfig(max_tokens=max_tokens),
+        model_name=loaded.name,
+        log=console.print,
+    )
+    path = labels.save(out)
+    for f in labels.features[:3]:
+        console.print(f"feature {f.layer}/{f.index}: {f.label}")
+    console.print(f"wrote {len(labels.features)} feature labels to {path}")
+
+
+def label_features_command(
+    model: str = typer.Option("smollm2", help="Model: 'smollm2', a local HF directory or a .gguf file."),
+    transcoders: Path = typer.Option(..., help="Transcoder folder; feature_labels.json is written into it."),
+    corpus: Path | None = typer.Option(
+        None, help="Text to label on: a .jsonl/.txt file or a directory (default: text MODEL generates)."
+    ),
+    max_tokens: int = typer.Option(500_000, help="Corpus tokens to scan."),
+    generate_texts: int = typer.Option(2000, help="Without --corpus: texts to generate (cached)."),
+    context_length: int = typer.Option(128, help="Tokens per text (longer texts are truncated)."),
+    device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda."),
+) -> None:
+    """Label every feature of TRANSCODERS: top contexts, promoted/suppressed tokens, density, label."""
+    from circuitbase.engine.models import load_model
+    from circuitbase.engine.transcoders import TranscoderSet
+
+    with fail_on(console):
+        loaded = load_model(model, device=resolve_device(device))
+        transcoder_set = TranscoderSet.load(transcoders, device=loaded.model.device)
+        _label(
+            loaded,
+            transcoder_set,
+            transcoders,
+            corpus or _generated(loaded, generate_texts, context_length, 0),
+            max_tokens,
+        )
 
 
 def _print_metrics(metrics: dict) -> None:
