@@ -80,7 +80,9 @@ class Context:
     def render(self, *, mark: tuple[str, str] = ("«", "»")) -> str:
         """The window as text with the marked token between `mark` (default « »)."""
         pieces = list(self.tokens)
-        pieces[self.at] = f"{mark[0]}{pieces[self.at]}{mark[1]}"
+        token = pieces[self.at]
+        space = token[: len(token) - len(token.lstrip())]
+        pieces[self.at] = f"{space}{mark[0]}{token.lstrip()}{mark[1]}"
         return "".join(pieces).strip()
 
 

@@ -5,9 +5,10 @@
 2. Otherwise clear anything of that graph left from an earlier non-atomic attempt, then write the
    shared nodes (Model, TranscoderSet, Prompt, Feature, Token: MERGE on keys), the graph's own nodes
    and `EDGE`s (CREATE: none can exist), and add the graph's contribution to the aggregated
-   `ATTRIBUTES` edges: update the pairs found by an index seek on their unique `pair` key (never an
-   expansion of a popular Feature's thousands of edges), then, for the rest in key order, lock the
-   source node, look again (a writer that held the lock may have committed the pair) and create.
+   `ATTRIBUTES` edges: update the pairs found by a seek in the unique index on `pair` (never an
+   expansion of a popular Feature's thousands of edges), then create the rest. The seek locks the
+   index entry of a missing pair until commit, so a concurrent writer of the same pair waits and
+   then updates it, or deadlocks and is retried: never a duplicate (the constraint also forbids one).
 3. Mark the graph `complete` and `aggregated` and bump the job's counter, then commit. A crash before
    the commit leaves no trace, so a re-run redoes exactly the graphs that are not complete, and the
    aggregate never counts a graph twice. Readers never see a half-written graph.
@@ -77,24 +78,19 @@ UNWIND range(0, size($src) - 1) AS i
 WITH ns[$src[i]] AS a, ns[$tgt[i]] AS b, $w[i] AS w
 CREATE (a)-[:EDGE {weight: w}]->(b)
 """
-_ADD = """
-SET e.graphs = e.graphs + 1, e.edges = e.edges + r[2], e.sum = e.sum + r[3], e.sum_abs = e.sum_abs + r[4],
-    e.max_abs = CASE WHEN r[5] > e.max_abs THEN r[5] ELSE e.max_abs END"""
-_AGGREGATE_FOUND = f"""
+_AGGREGATE_FOUND = """
 UNWIND range(0, size($rows) - 1) AS i
 WITH i, $rows[i] AS r
-OPTIONAL MATCH ()-[e:ATTRIBUTES {{pair: r[6]}}]->(){_ADD}
+OPTIONAL MATCH ()-[e:ATTRIBUTES {pair: r[6]}]->()
+SET e.graphs = e.graphs + 1, e.edges = e.edges + r[2], e.sum = e.sum + r[3], e.sum_abs = e.sum_abs + r[4],
+    e.max_abs = CASE WHEN r[5] > e.max_abs THEN r[5] ELSE e.max_abs END
 WITH i, e WHERE e IS NULL
 RETURN collect(i) AS missing
 """
 _AGGREGATE_NEW = """
 UNWIND $rows AS r
 MATCH (a:{source} {{key: r[0]}})
-SET a.key = a.key
-WITH a, r
 MATCH (b:{target} {{key: r[1]}})
-OPTIONAL MATCH ()-[e:ATTRIBUTES {{pair: r[6]}}]->(){add}
-WITH a, b, r WHERE e IS NULL
 CREATE (a)-[:ATTRIBUTES {{pair: r[6], graphs: 1, edges: r[2], sum: 0.0 + r[3], sum_abs: 0.0 + r[4],
     max_abs: CASE WHEN r[5] > 0.0 THEN r[5] ELSE 0.0 END}}]->(b)
 """
@@ -176,7 +172,7 @@ def _write_tx(tx: neo4j.ManagedTransaction, rows: GraphRows, job: str, config: W
         table = sorted([*row, pair_key(row[0], row[1])] for row in table)
         missing = tx.run(_AGGREGATE_FOUND, rows=table).single(strict=True)["missing"]
         if missing:
-            query = _AGGREGATE_NEW.format(source=source, target=target, add=_ADD)
+            query = _AGGREGATE_NEW.format(source=source, target=target)
             out.run(query, rows=[table[i] for i in missing])
     out.run(_FINISH, id=rows.id, job=job)
     return WriteResult(rows.id, loaded=True, nodes_created=out.nodes, relationships_created=out.relationships)

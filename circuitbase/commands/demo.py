@@ -92,6 +92,7 @@ def demo_command(
     """Run the main job on the toy model end to end and show what was found."""
     from circuitbase.analysis.compare import Split, compare
     from circuitbase.analysis.run import run_analysis
+    from circuitbase.commands.ingest import labels_for
     from circuitbase.engine.attribution import AttributionConfig
     from circuitbase.engine.models import load_model
     from circuitbase.engine.prompts import read_prompts
@@ -129,7 +130,10 @@ def demo_command(
             work / "graphs",
             attribution=AttributionConfig(max_feature_nodes=256),
             config=IngestConfig(
-                model=loaded.name, transcoder_set=transcoders.name, database=settings.database
+                model=loaded.name,
+                transcoder_set=transcoders.name,
+                database=settings.database,
+                labels=labels_for(str(transcoder_dir)),
             ),
         )
         console.print(f"  {summary.loaded} graphs loaded, {summary.skipped} already there")

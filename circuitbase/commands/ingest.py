@@ -28,6 +28,16 @@ def transcoder_set_name(spec: str) -> str:
     return scan if isinstance(scan, str) else Path(spec).name
 
 
+def labels_for(transcoders: str | None) -> Path | None:
+    """The feature-labels file of a transcoder folder, when it has one (ingest writes it onto :Feature)."""
+    from circuitbase.engine.labels import labels_path
+
+    if transcoders is None or not Path(transcoders).is_dir():
+        return None
+    path = labels_path(transcoders)
+    return path if path.is_file() else None
+
+
 def _print_summary(summary: IngestSummary) -> None:
     table = Table(title=f"ingest job {summary.job_id}: {summary.status}")
     for column in (
@@ -68,6 +78,7 @@ def _bulk(
         model=model,
         transcoder_set=None if transcoders is None else transcoder_set_name(transcoders),
         skip_bad=skip_bad,
+        labels=labels_for(transcoders),
     )
     with progress_bar(show=progress) as bar:
         task = bar.add_task("ingest", total=len(files), graphs_rate="-", rows_rate="-")
@@ -82,6 +93,12 @@ def _bulk(
     console.print(
         f"bulk: CSV files {result.csv_seconds:.1f}s, neo4j-admin import {result.import_seconds:.1f}s"
     )
+    if accepted.labels is not None:
+        from circuitbase.ingest.labels import write_feature_labels
+        from circuitbase.settings import load_neo4j_settings, open_driver
+
+        with open_driver(load_neo4j_settings(instance=instance)) as driver:
+            result.summary.features_labelled = write_feature_labels(driver, accepted.labels)
     return result.summary
 
 
@@ -149,6 +166,7 @@ def ingest_command(
             else transcoder_set_name(transcoders),
             skip_bad=skip_bad,
             database=settings.database,
+            labels=labels_for(transcoders),
         )
         if graphs is not None:
             files = graph_files(graphs)
