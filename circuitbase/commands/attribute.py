@@ -7,7 +7,16 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from circuitbase.commands.common import fail_on, load_model_and_transcoders
+from circuitbase.commands.common import (
+    BatchSize,
+    Device,
+    EdgeThreshold,
+    MaxFeatureNodes,
+    NodeThreshold,
+    attribution_config,
+    fail_on,
+    load_model_and_transcoders,
+)
 
 console = Console(stderr=True)
 
@@ -19,25 +28,24 @@ def attribute_command(
     ),
     transcoders: Path = typer.Option(..., help="Transcoder set directory (config.yaml + safetensors)."),
     out: Path = typer.Option(Path("graphs"), help="Directory for graph files (re-runs skip existing ones)."),
-    device: str = typer.Option("auto", help="'auto' (cuda when present), 'cpu' or 'cuda'."),
-    batch_size: int = typer.Option(64, help="Targets per backward pass."),
-    max_feature_nodes: int = typer.Option(4096, help="Feature targets visited per prompt (0 = all)."),
-    node_threshold: float = typer.Option(0.8, help="Pruning: share of influence the kept nodes cover."),
-    edge_threshold: float = typer.Option(0.98, help="Pruning: share of edge influence the kept edges cover."),
+    device: Device = "auto",
+    batch_size: BatchSize = 64,
+    max_feature_nodes: MaxFeatureNodes = 4096,
+    node_threshold: NodeThreshold = 0.8,
+    edge_threshold: EdgeThreshold = 0.98,
     neuronpedia: bool = typer.Option(True, help="Also write each graph as Neuronpedia graph JSON."),
     skip_bad: bool = typer.Option(False, help="Skip malformed prompt lines (listed at the end)."),
 ) -> None:
     """Compute one attribution graph per prompt and write it to OUT."""
-    from circuitbase.engine.attribution import AttributionConfig
     from circuitbase.engine.prompts import read_prompts
     from circuitbase.engine.runner import RunSummary, iter_attribute
 
     with fail_on(console):
         prompt_set = read_prompts(prompts, skip_bad=skip_bad)
         loaded, transcoder_set = load_model_and_transcoders(model, transcoders, device=device)
-        config = AttributionConfig(
+        config = attribution_config(
             batch_size=batch_size,
-            max_feature_nodes=max_feature_nodes or None,
+            max_feature_nodes=max_feature_nodes,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,7 @@ from rich.console import Console
 if TYPE_CHECKING:
     import torch
 
+    from circuitbase.engine.attribution import AttributionConfig
     from circuitbase.engine.models import LoadedModel
     from circuitbase.engine.transcoders import TranscoderSet
 
@@ -55,3 +56,24 @@ def load_model_and_transcoders(
         n_layers=loaded.adapter.n_layers, d_model=loaded.adapter.d_model, model_name=loaded.name
     )
     return loaded, transcoder_set
+
+
+# Attribution options shared by `attribute` and `ingest`.
+Device = Annotated[str, typer.Option(help="'auto' (cuda when present), 'cpu' or 'cuda'.")]
+BatchSize = Annotated[int, typer.Option(help="Targets per backward pass.")]
+MaxFeatureNodes = Annotated[int, typer.Option(help="Feature targets visited per prompt (0 = all).")]
+NodeThreshold = Annotated[float, typer.Option(help="Pruning: share of influence the kept nodes cover.")]
+EdgeThreshold = Annotated[float, typer.Option(help="Pruning: share of edge influence the kept edges cover.")]
+
+
+def attribution_config(
+    *, batch_size: int, max_feature_nodes: int, node_threshold: float, edge_threshold: float
+) -> AttributionConfig:
+    from circuitbase.engine.attribution import AttributionConfig
+
+    return AttributionConfig(
+        batch_size=batch_size,
+        max_feature_nodes=max_feature_nodes or None,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+    )

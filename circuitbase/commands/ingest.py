@@ -10,7 +10,16 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from circuitbase.commands.common import fail_on, load_model_and_transcoders
+from circuitbase.commands.common import (
+    BatchSize,
+    Device,
+    EdgeThreshold,
+    MaxFeatureNodes,
+    NodeThreshold,
+    attribution_config,
+    fail_on,
+    load_model_and_transcoders,
+)
 
 if TYPE_CHECKING:
     from circuitbase.ingest.loader import IngestSummary
@@ -116,11 +125,11 @@ def ingest_command(
         None, help="Transcoder set directory; with --graphs: a directory or set name every graph must use."
     ),
     graphs_out: Path = typer.Option(Path("graphs"), help="Where attribution writes graph files."),
-    device: str = typer.Option("auto", help="'auto' (cuda when present), 'cpu' or 'cuda'."),
-    batch_size: int = typer.Option(64, help="Targets per backward pass."),
-    max_feature_nodes: int = typer.Option(4096, help="Feature targets visited per prompt (0 = all)."),
-    node_threshold: float = typer.Option(0.8, help="Pruning: share of influence the kept nodes cover."),
-    edge_threshold: float = typer.Option(0.98, help="Pruning: share of edge influence the kept edges cover."),
+    device: Device = "auto",
+    batch_size: BatchSize = 64,
+    max_feature_nodes: MaxFeatureNodes = 4096,
+    node_threshold: NodeThreshold = 0.8,
+    edge_threshold: EdgeThreshold = 0.98,
     queue_size: int = typer.Option(8, help="Graphs attribution may run ahead of the database writer."),
     skip_bad: bool = typer.Option(False, help="Go on past bad prompts/graph files and list them at the end."),
     instance: str = typer.Option(
@@ -176,7 +185,6 @@ def ingest_command(
                     driver, files, config=config, show_progress=progress, parameters={"graphs": str(graphs)}
                 )
         else:
-            from circuitbase.engine.attribution import AttributionConfig
             from circuitbase.engine.prompts import read_prompts
             from circuitbase.ingest.pipeline import ingest_prompts
 
@@ -185,9 +193,9 @@ def ingest_command(
             assert prompts is not None
             prompt_set = read_prompts(prompts, skip_bad=skip_bad)
             loaded, transcoder_set = load_model_and_transcoders(model, Path(transcoders), device=device)
-            attribution = AttributionConfig(
+            attribution = attribution_config(
                 batch_size=batch_size,
-                max_feature_nodes=max_feature_nodes or None,
+                max_feature_nodes=max_feature_nodes,
                 node_threshold=node_threshold,
                 edge_threshold=edge_threshold,
             )
