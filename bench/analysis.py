@@ -82,7 +82,9 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with open_driver(settings) as driver:
         with driver.session(database=settings.database) as session:
-            session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 1000 ROWS").consume()
+            # relationships first: a feature's DETACH DELETE alone can outgrow the transaction memory
+            session.run("MATCH ()-[r]->() CALL (r) { DELETE r } IN TRANSACTIONS OF 5000 ROWS").consume()
+            session.run("MATCH (n) CALL (n) { DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
         apply_schema(driver, database=settings.database)
         loaded, edges = 0, 0
         for stage in sorted(args.stages):

@@ -35,8 +35,8 @@ FOR (g:Graph) ON (g.complete);
 CREATE INDEX feature_layer IF NOT EXISTS
 FOR (f:Feature) ON (f.set, f.layer);
 
-// the aggregated edge's key "{source key}->{target key}": the writer finds an edge by an index seek
-// instead of expanding a popular Feature's ATTRIBUTES, and the constraint forbids a duplicate edge
+// the aggregated edge's key (a 64-bit hash of its endpoints' keys): the writer finds an edge by an index
+// seek instead of expanding a popular Feature's ATTRIBUTES, and the constraint forbids a duplicate edge
 CREATE CONSTRAINT attributes_pair IF NOT EXISTS
 FOR ()-[e:ATTRIBUTES]-() REQUIRE e.pair IS UNIQUE;
 
@@ -49,3 +49,7 @@ FOR (s:Subcircuit) REQUIRE s.key IS UNIQUE;
 
 CREATE CONSTRAINT supernode_key IF NOT EXISTS
 FOR (s:Supernode) REQUIRE s.key IS UNIQUE;
+
+// ---- api (circuitbase.api): API keys, stored hashed ----
+CREATE CONSTRAINT api_key_id IF NOT EXISTS
+FOR (k:ApiKey) REQUIRE k.id IS UNIQUE;

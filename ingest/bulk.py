@@ -41,7 +41,7 @@ from circuitbase.settings import URI_ENV, local_instance_settings, open_driver
 
 ARRAY_DELIMITER = "\x1f"  # unit separator: never part of a token or tag
 _AGGREGATE_COLUMNS = (
-    "pair:string",
+    "pair:long",
     "graphs:long",
     "edges:long",
     "sum:double",

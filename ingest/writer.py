@@ -5,10 +5,11 @@
 2. Otherwise clear anything of that graph left from an earlier non-atomic attempt, then write the
    shared nodes (Model, TranscoderSet, Prompt, Feature, Token: MERGE on keys), the graph's own nodes
    and `EDGE`s (CREATE: none can exist), and add the graph's contribution to the aggregated
-   `ATTRIBUTES` edges: update the pairs found by a seek in the unique index on `pair` (never an
-   expansion of a popular Feature's thousands of edges), then create the rest. The seek locks the
-   index entry of a missing pair until commit, so a concurrent writer of the same pair waits and
-   then updates it, or deadlocks and is retried: never a duplicate (the constraint also forbids one).
+   `ATTRIBUTES` edges: update the pairs found by a seek in the unique index on `pair` (a hash of
+   both keys; never an expansion of a popular Feature's thousands of edges), then create the rest.
+   The seek locks the index entry of a missing pair until commit, so a concurrent writer of the
+   same pair waits and then updates it, or deadlocks and is retried: never a duplicate. A hash
+   collision (endpoints differ) is not matched; the create then fails on the constraint, loudly.
 3. Mark the graph `complete` and `aggregated` and bump the job's counter, then commit. A crash before
    the commit leaves no trace, so a re-run redoes exactly the graphs that are not complete, and the
    aggregate never counts a graph twice. Readers never see a half-written graph.
@@ -19,6 +20,7 @@ in the text come only from the fixed kinds below, never from input values.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import neo4j
@@ -81,7 +83,7 @@ CREATE (a)-[:EDGE {weight: w}]->(b)
 _AGGREGATE_FOUND = """
 UNWIND range(0, size($rows) - 1) AS i
 WITH i, $rows[i] AS r
-OPTIONAL MATCH ()-[e:ATTRIBUTES {pair: r[6]}]->()
+OPTIONAL MATCH (x)-[e:ATTRIBUTES {pair: r[6]}]->(y) WHERE x.key = r[0] AND y.key = r[1]
 SET e.graphs = e.graphs + 1, e.edges = e.edges + r[2], e.sum = e.sum + r[3], e.sum_abs = e.sum_abs + r[4],
     e.max_abs = CASE WHEN r[5] > e.max_abs THEN r[5] ELSE e.max_abs END
 WITH i, e WHERE e IS NULL
@@ -104,9 +106,11 @@ SET j.graphs_loaded = coalesce(j.graphs_loaded, 0) + 1
 _REF_OF_KIND = {"FeatureNode": "Feature", "ErrorNode": "Feature", "TokenNode": "Token", "LogitNode": "Token"}
 
 
-def pair_key(source: str, target: str) -> str:
-    """The `pair` property of the ATTRIBUTES edge from global key `source` to `target` (its index key)."""
-    return f"{source}->{target}"
+def pair_key(source: str, target: str) -> int:
+    """The `pair` property of the ATTRIBUTES edge from global key `source` to `target`: its index key,
+    a signed 64-bit BLAKE2b hash of both keys (a long, so the edge and its index entry stay small)."""
+    digest = hashlib.blake2b(f"{source}\x00{target}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 @dataclass(frozen=True)
