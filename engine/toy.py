@@ -45,6 +45,7 @@ DATASET = "toy"
 
 MODEL_DIR_NAME = "toy"  # the directory name is the model name the graphs and the database record
 
+
 class ToyError(ValueError):
     """A toy artifact is missing or a prompt is not one of the toy tasks."""
 
