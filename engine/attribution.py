@@ -135,10 +135,6 @@ class LinearizedPrompt:
             ),
         ):
             model(ids)
-        self._decoders = [
-            transcoders.decoder_vectors(layer, sources.features[sources.features[:, 0] == layer, 2])
-            for layer in range(n_layers)
-        ]
 
     def rows(self, seeds: list[tuple[str, int, int, torch.Tensor]]) -> torch.Tensor:
         """Edge weights into each seeded target from every source: [len(seeds), n_sources].
@@ -173,16 +169,16 @@ class LinearizedPrompt:
             idx = torch.nonzero(src.features[:, 0] == layer, as_tuple=True)[0]
             if idx.numel() == 0:
                 continue
-            positions = src.features[idx, 1]
-            decoders = self._decoders[layer]  # [n, n_out, d]
+            positions, features = src.features[idx, 1], src.features[idx, 2]
             total = torch.zeros(self.batch_size, idx.numel(), dtype=d_embed.dtype, device=d_embed.device)
             out_layers = range(layer, src.n_layers) if cross_layer else range(layer, layer + 1)
-            chunk = max(1, _GATHER_ELEMENTS // (self.batch_size * decoders.shape[-1]))
-            for offset, out_layer in enumerate(out_layers):
-                for start in range(0, idx.numel(), chunk):
-                    part = slice(start, start + chunk)
+            chunk = max(1, _GATHER_ELEMENTS // (self.batch_size * d_embed.shape[-1]))
+            for start in range(0, idx.numel(), chunk):
+                part = slice(start, start + chunk)
+                decoders = self.transcoders.decoder_vectors(layer, features[part])  # [chunk, n_out, d]
+                for offset, out_layer in enumerate(out_layers):
                     grad_at = d_const[out_layer][:, positions[part]]  # [B, chunk, d]
-                    decoder = decoders[part, offset].to(grad_at.dtype)
+                    decoder = decoders[:, offset].to(grad_at.dtype)
                     total[:, part] += torch.einsum("bnd,nd->bn", grad_at, decoder)
             feature_part[:, idx] = total * src.activations[idx].to(total.dtype)
         zeroed = state.zeroed_positions
