@@ -25,7 +25,12 @@ from torch import nn
 from circuitbase.engine.adapters import ModelAdapter
 from circuitbase.engine.graph import AttributionGraph
 from circuitbase.engine.pruning import NodeKinds, prune
-from circuitbase.engine.replacement import ReplacementState, build_replacement_state, hooked
+from circuitbase.engine.replacement import (
+    ReplacementState,
+    build_replacement_state,
+    hooked,
+    mlps_bypassed,
+)
 from circuitbase.engine.transcoders import TranscoderSet
 
 _GATHER_ELEMENTS = 1 << 25  # gradient rows gathered at once for feature sources (128 MiB in float32)
@@ -126,6 +131,7 @@ class LinearizedPrompt:
         with (
             torch.enable_grad(),
             state.freezer.replay(),
+            mlps_bypassed(adapter),
             hooked(
                 adapter,
                 on_embeddings=lambda _h: self.embeddings,

@@ -110,6 +110,27 @@ def hooked(
             handle.remove()
 
 
+@contextmanager
+def mlps_bypassed(adapter: ModelAdapter) -> Iterator[None]:
+    """Skip the real MLP computations (their output is replaced anyway): each MLP returns zeros.
+
+    The hooks still see the MLP input, and `on_mlp_output` still replaces what reaches the residual
+    stream; without this the linear forward would keep every MLP's activations for the backward pass.
+    """
+    modules = [adapter.mlp_in_module(layer) for layer in range(adapter.n_layers)]
+
+    def zeros(x: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    for module in modules:
+        module.forward = zeros
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
 def zeroed_positions_for(input_ids: torch.Tensor, adapter: ModelAdapter) -> int:
     """1 when the prompt starts with the model's BOS token (its features become constants), else 0."""
     bos = adapter.bos_token_id
