@@ -47,6 +47,7 @@ class AttributionConfig:
     node_threshold: float = 0.8  # pruning keeps features/errors covering this share of influence
     edge_threshold: float = 0.98  # pruning keeps edges covering this share of edge influence
     max_row_memory_mb: int = 4096  # cap on the stored feature rows; fewer feature nodes are visited past it
+    max_batch_memory_mb: int = 4096  # cap on the copies' residual tensors; long prompts use smaller batches
 
 
 @dataclass
@@ -196,6 +197,16 @@ class LinearizedPrompt:
         return torch.cat([feature_part, error_part.flatten(1), token_part], dim=1)
 
 
+def _affordable_batch(config: AttributionConfig, *, n_positions: int, d_model: int, n_layers: int) -> int:
+    """Copies per backward pass: `batch_size`, fewer when the copies' tensors would pass the memory cap.
+
+    Each copy holds about four [positions, d_model] float32 tensors per layer (the constant leaves,
+    their gradients, the seeds and what the forward keeps for the backward pass).
+    """
+    per_copy = 4 * n_positions * d_model * (n_layers + 1) * 4
+    return max(1, min(config.batch_size, config.max_batch_memory_mb * 2**20 // per_copy))
+
+
 def _feature_seeds(
     transcoders: TranscoderSet, targets: torch.Tensor
 ) -> list[tuple[str, int, int, torch.Tensor]]:
@@ -263,14 +274,15 @@ def attribute(
     logit_ids, logit_probs = select_logits(
         state.logits[-1], max_logits=config.max_logits, probability=config.logit_probability
     )
-    linear = LinearizedPrompt(model, adapter, transcoders, state, sources, batch_size=config.batch_size)
+    batch_size = _affordable_batch(config, n_positions=n_pos, d_model=adapter.d_model, n_layers=n_layers)
+    linear = LinearizedPrompt(model, adapter, transcoders, state, sources, batch_size=batch_size)
 
     unembed = adapter.unembedding()
     centered = unembed[logit_ids] - unembed.mean(dim=0, keepdim=True)
     logit_rows = torch.cat(
         [
-            linear.rows([("logit", 0, n_pos - 1, vec) for vec in centered[start : start + config.batch_size]])
-            for start in range(0, logit_ids.numel(), config.batch_size)
+            linear.rows([("logit", 0, n_pos - 1, vec) for vec in centered[start : start + batch_size]])
+            for start in range(0, logit_ids.numel(), batch_size)
         ]
     )
 
@@ -280,7 +292,7 @@ def attribute(
         else min(config.max_feature_nodes, sources.n_active)
     )
     row_bytes = sources.n_sources * logit_rows.element_size()
-    affordable = max(config.batch_size, config.max_row_memory_mb * 2**20 // row_bytes)
+    affordable = max(batch_size, config.max_row_memory_mb * 2**20 // row_bytes)
     capped = budget > affordable
     budget = min(budget, affordable)
     feature_rows = logit_rows.new_zeros(budget, sources.n_sources)
@@ -290,7 +302,7 @@ def attribute(
         influence = _influence_order(logit_rows, feature_rows, visited, logit_probs, n_layers)
         influence = influence[: sources.n_active]
         influence[is_visited] = -1.0
-        take = min(config.batch_size, budget - visited.numel())
+        take = min(batch_size, budget - visited.numel())
         batch = torch.argsort(influence, descending=True, stable=True)[:take]
         seeds = _feature_seeds(transcoders, sources.features[batch])
         feature_rows[visited.numel() : visited.numel() + take] = linear.rows(seeds)
@@ -314,6 +326,7 @@ def attribute(
     )
     graph.params["backward_passes"] = linear.backward_passes
     graph.params["feature_nodes_capped_by_memory"] = capped
+    graph.params["effective_batch_size"] = batch_size
     return graph
 
 
