@@ -28,6 +28,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from circuitbase.paths import cache_home
+
 from .adapters import (
     ModelAdapter,
     UnsupportedModelError,
@@ -61,8 +63,7 @@ class LoadedModel:
 
 def models_dir() -> Path:
     """The model cache: ``$CIRCUITBASE_HOME/models`` (default ``~/.cache/circuitbase/models``)."""
-    home = os.environ.get("CIRCUITBASE_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "circuitbase") / "models"
+    return cache_home() / "models"
 
 
 def ensure_smollm2() -> Path:

@@ -55,9 +55,9 @@ GRAPHQL_QUERIES = (
 
 
 def _work_dir(model: str) -> Path:
-    home = os.environ.get("CIRCUITBASE_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "circuitbase"
-    return base / "demo" / model
+    from circuitbase.paths import cache_home
+
+    return cache_home() / "demo" / model
 
 
 def _write_prompts(path: Path, n: int) -> Path:

@@ -6,12 +6,12 @@ password; one per server), `maven-repo/` (the Maven local repository the install
 """
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from circuitbase.dbserver.errors import DbServerError
+from circuitbase.paths import cache_home
 
 INSTANCE_FILE = "instance.json"
 PASSWORD_FILE = "password"
@@ -78,9 +78,7 @@ class Layout:
         """`cache_dir` if given, else `$CIRCUITBASE_HOME/neo4j`, else `~/.cache/circuitbase/neo4j`."""
         if cache_dir is not None:
             return cls(cache_dir.expanduser().resolve())
-        home = os.environ.get("CIRCUITBASE_HOME")
-        base = Path(home).expanduser() if home else Path.home() / ".cache" / "circuitbase"
-        return cls((base / "neo4j").resolve())
+        return cls((cache_home() / "neo4j").resolve())
 
     @property
     def maven_repo(self) -> Path:
