@@ -61,6 +61,15 @@ class LoadedModel:
     name: str
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' (cuda when present, else cpu), or a torch device name; asking for absent CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
 def models_dir() -> Path:
     """The model cache: ``$CIRCUITBASE_HOME/models`` (default ``~/.cache/circuitbase/models``)."""
     return cache_home() / "models"

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from circuitbase.engine.attribution import AttributionConfig, attribute
@@ -112,7 +111,3 @@ def iter_attribute(
             summary.seconds = time.perf_counter() - start
             progress.update(task, advance=1, rate=f"{summary.graphs_per_second:.2f}")
             yield prompt, path
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -31,6 +31,7 @@ from torch import nn
 
 from circuitbase.engine.adapters import ModelAdapter, adapter_for
 from circuitbase.engine.corpus import iter_texts
+from circuitbase.engine.models import resolve_device
 from circuitbase.engine.replacement import hooked
 from circuitbase.engine.transcoder_io import TranscoderConfig, TranscoderWeights
 from circuitbase.engine.transcoders import TranscoderSet
@@ -96,14 +97,6 @@ class TrainConfig:
 
 
 # ---- activations -----------------------------------------------------------------------------------
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device {name!r} asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -508,7 +501,7 @@ def train_transcoders(
     """
     cfg = config or TrainConfig()
     out = Path(out_dir)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model = model.to(device).eval()
     model.requires_grad_(False)
     adapter = adapter_for(model)

@@ -15,8 +15,6 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    import torch
-
     from circuitbase.engine.attribution import AttributionConfig
     from circuitbase.engine.models import LoadedModel
     from circuitbase.engine.transcoders import TranscoderSet
@@ -32,21 +30,11 @@ def fail_on(console: Console) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def resolve_device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA device is available")
-    return torch.device(device)
-
-
 def load_model_and_transcoders(
     model: str, transcoders: Path, *, device: str
 ) -> tuple[LoadedModel, TranscoderSet]:
     """Load the model and its transcoder set on one device, checking that their shapes agree."""
-    from circuitbase.engine.models import load_model
+    from circuitbase.engine.models import load_model, resolve_device
     from circuitbase.engine.transcoders import TranscoderSet
 
     target = resolve_device(device)

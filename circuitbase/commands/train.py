@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from circuitbase.commands.common import fail_on, resolve_device
+from circuitbase.commands.common import fail_on
 
 console = Console(stderr=True)
 toy_app = typer.Typer(
@@ -43,7 +43,7 @@ def train_transcoders_command(
     label_tokens: int = typer.Option(500_000, help="Corpus tokens the feature labels are computed on."),
 ) -> None:
     """Train transcoders for MODEL on CORPUS; writes the public format plus metrics.json into OUT."""
-    from circuitbase.engine.models import load_model
+    from circuitbase.engine.models import load_model, resolve_device
     from circuitbase.engine.training import TrainConfig, train_transcoders
     from circuitbase.engine.transcoders import TranscoderSet
 
@@ -122,7 +122,7 @@ def label_features_command(
     device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda."),
 ) -> None:
     """Label every feature of TRANSCODERS: top contexts, promoted/suppressed tokens, density, label."""
-    from circuitbase.engine.models import load_model
+    from circuitbase.engine.models import load_model, resolve_device
     from circuitbase.engine.transcoders import TranscoderSet
 
     with fail_on(console):
