@@ -29,7 +29,7 @@ from circuitbase.analysis.gds import aggregated_projection, open_gds, projection
 from circuitbase.analysis.run import STEPS, AnalysisConfig, run_step
 from circuitbase.analysis.similarity import PROJECTION
 from circuitbase.analysis.synthetic import SyntheticConfig, synthetic_graph
-from circuitbase.ingest.schema import apply_schema
+from circuitbase.ingest.schema import apply_schema, wipe_database
 from circuitbase.ingest.writer import write_graph
 from circuitbase.settings import load_neo4j_settings, open_driver
 
@@ -81,10 +81,7 @@ def main() -> None:
     console = Console(width=200)
     rows: list[dict[str, Any]] = []
     with open_driver(settings) as driver:
-        with driver.session(database=settings.database) as session:
-            # relationships first: a feature's DETACH DELETE alone can outgrow the transaction memory
-            session.run("MATCH ()-[r]->() CALL (r) { DELETE r } IN TRANSACTIONS OF 5000 ROWS").consume()
-            session.run("MATCH (n) CALL (n) { DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
+        wipe_database(driver, database=settings.database)
         apply_schema(driver, database=settings.database)
         loaded, edges = 0, 0
         for stage in sorted(args.stages):

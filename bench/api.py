@@ -31,7 +31,7 @@ import numpy as np
 from circuitbase.dbserver.config import Layout
 from circuitbase.dbserver.server import start, stop
 from circuitbase.ingest.model import rows_from_graph
-from circuitbase.ingest.schema import apply_schema
+from circuitbase.ingest.schema import apply_schema, wipe_database
 from circuitbase.ingest.writer import write_graph
 from circuitbase.settings import (
     PASSWORD_ENV,
@@ -61,8 +61,7 @@ QUERIES = {
 
 def load_data(driver, database: str) -> tuple[str, str]:
     """Write the bench graphs; returns (the big graph's id, the key of the most shared feature)."""
-    with driver.session(database=database) as session:
-        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+    wipe_database(driver, database=database)
     apply_schema(driver, database=database)
     rng = np.random.default_rng(0)
     shape = {"layers": 26, "positions": 12, "errors": 80}

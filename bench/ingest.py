@@ -34,7 +34,7 @@ from circuitbase.engine.graph import AttributionGraph
 from circuitbase.ingest.bulk import bulk_import_files
 from circuitbase.ingest.jobs import JobRecord
 from circuitbase.ingest.model import rows_from_graph
-from circuitbase.ingest.schema import apply_schema
+from circuitbase.ingest.schema import apply_schema, wipe_database
 from circuitbase.ingest.writer import write_graph
 from circuitbase.settings import (
     URI_ENV,
@@ -125,8 +125,7 @@ def fresh_instance(layout: Layout) -> Path:
 def online(settings: Neo4jSettings, warmup: AttributionGraph, graphs: list[AttributionGraph]) -> dict:
     """One transaction per graph through write_graph; rows are built before the clock starts."""
     with open_driver(settings) as driver:
-        with driver.session(database=settings.database) as session:  # IN TRANSACTIONS needs auto-commit
-            session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+        wipe_database(driver, database=settings.database)
         apply_schema(driver, database=settings.database)
         job = JobRecord(driver, database=settings.database).start({"mode": "bench"})
         write_graph(driver, rows_from_graph(warmup), database=settings.database)  # JIT, query plans

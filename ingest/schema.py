@@ -36,3 +36,17 @@ def apply_schema(driver: neo4j.Driver, *, database: str = "neo4j", text: str | N
         for statement in statements:
             session.run(statement).consume()
     return statements
+
+
+def wipe_database(driver: neo4j.Driver, *, database: str = "neo4j", batch: int = 5000) -> None:
+    """Delete every relationship, then every node, `batch` at a time (default 5,000).
+
+    Relationships go first: a popular node's DETACH DELETE alone can outgrow the transaction memory.
+    """
+    statements = (
+        "MATCH ()-[r]->() CALL (r) { DELETE r } IN TRANSACTIONS OF $batch ROWS",
+        "MATCH (n) CALL (n) { DELETE n } IN TRANSACTIONS OF $batch ROWS",
+    )
+    with driver.session(database=database) as session:  # IN TRANSACTIONS needs an auto-commit query
+        for statement in statements:
+            session.run(statement, batch=batch).consume()

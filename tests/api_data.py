@@ -21,7 +21,7 @@ from circuitbase.engine.prompts import Prompt
 from circuitbase.engine.runner import iter_attribute
 from circuitbase.engine.transcoders import TranscoderSet
 from circuitbase.ingest.loader import ingest_files
-from circuitbase.ingest.schema import apply_schema
+from circuitbase.ingest.schema import apply_schema, wipe_database
 from circuitbase.ingest.writer import write_graph
 
 FIXTURES = Path(__file__).parent / "fixtures" / "circuit-tracer-format"
@@ -47,8 +47,7 @@ def graph_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def store(neo4j_driver: neo4j.Driver, graph_files: list[Path]) -> neo4j.Driver:
     """The tiny graphs and the synthetic planted-circuit graphs, with subcircuits and similarity."""
-    with neo4j_driver.session() as session:
-        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+    wipe_database(neo4j_driver)
     apply_schema(neo4j_driver)
     ingest_files(neo4j_driver, graph_files)
     for i in range(SYNTHETIC.n_graphs):

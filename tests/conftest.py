@@ -24,6 +24,7 @@ from circuitbase.dbserver.config import InstanceConfig, Layout
 from circuitbase.dbserver.errors import DbServerError
 from circuitbase.dbserver.server import start as start_local_server
 from circuitbase.dbserver.server import stop as stop_local_server
+from circuitbase.ingest.schema import wipe_database
 from circuitbase.settings import URI_ENV, Neo4jSettings, load_neo4j_settings, local_instance_settings
 
 NEO4J_TEST_INSTANCE = InstanceConfig(name="test", bolt_port=7698, http_port=7485, heap="1g", pagecache="256m")
@@ -141,7 +142,7 @@ def clean_db(neo4j_driver: neo4j.Driver, neo4j_settings: Neo4jSettings) -> neo4j
             "CALL gds.graph.list() YIELD graphName "
             "CALL gds.graph.drop(graphName, false) YIELD graphName AS dropped RETURN count(dropped)"
         ).consume()
-        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+    wipe_database(neo4j_driver, database=neo4j_settings.database)
     return neo4j_driver
 
 

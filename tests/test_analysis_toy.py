@@ -39,6 +39,7 @@ from circuitbase.engine.prompts import Prompt, prompt_id
 from circuitbase.engine.transcoders import TranscoderSet
 from circuitbase.ingest.loader import IngestConfig
 from circuitbase.ingest.pipeline import ingest_prompts
+from circuitbase.ingest.schema import wipe_database
 from circuitbase.settings import Neo4jSettings
 from tests.test_toy import state_features
 
@@ -74,7 +75,7 @@ def study(
             "CALL gds.graph.list() YIELD graphName "
             "CALL gds.graph.drop(graphName, false) YIELD graphName AS dropped RETURN count(dropped)"
         ).consume()
-        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
+    wipe_database(neo4j_driver, database=database)
     model_dir, tc_dir = toy.shipped_paths()
     loaded = load_model(str(model_dir))
     transcoders = TranscoderSet.load(tc_dir)
