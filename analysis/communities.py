@@ -4,8 +4,9 @@
    by the summed |attribution| over graphs (`gds.aggregated_projection`).
 2. Run Leiden (default) or Louvain in write mode: every projected node gets a `community` property
    (stale values from an earlier run are removed first).
-3. Replace all `(:Supernode)` nodes: one per community with >= `min_size` members, linked to its members
-   by `HAS_MEMBER`, with its size, its number of features and the summed internal edge weight.
+3. Replace the `(:Supernode)` nodes of earlier runs (user-defined ones, `algorithm = 'manual'`, are kept):
+   one per community with >= `min_size` members, linked to its members by `HAS_MEMBER`, with its size,
+   its number of features and the summed internal edge weight.
 """
 
 from __future__ import annotations
@@ -21,27 +22,36 @@ STEP = "communities"
 ALGORITHMS = ("leiden", "louvain")
 
 _CLEAR = """
-MATCH (s:Supernode) DETACH DELETE s
+MATCH (s:Supernode) WHERE s.algorithm <> 'manual'
+DETACH DELETE s
 WITH count(*) AS dropped
 MATCH (n) WHERE (n:Feature OR n:Token) AND n.community IS NOT NULL
 REMOVE n.community
 """
+# one pass each (no query grows with a community's size squared): the supernodes with their sizes, their
+# members linked in batches, then the internal weights from one aggregation over the ATTRIBUTES edges
 _SUPERNODES = """
 MATCH (n) WHERE (n:Feature OR n:Token) AND n.community IS NOT NULL
-WITH n.community AS community, collect(n) AS members
-WHERE size(members) >= $min_size
-CREATE (s:Supernode {key: $algorithm + '-' + toString(community), community: community, run: $run,
-                     algorithm: $algorithm, size: size(members),
-                     features: size([m IN members WHERE m:Feature])})
-WITH s, members
-UNWIND members AS m
-CREATE (s)-[:HAS_MEMBER]->(m)
-WITH DISTINCT s
-OPTIONAL MATCH (s)-[:HAS_MEMBER]->(a)-[e:ATTRIBUTES]->(b)<-[:HAS_MEMBER]-(s)
-WHERE e.graphs >= $min_graphs
-WITH s, coalesce(sum(e.sum_abs), 0.0) AS internal
+WITH n.community AS community, count(*) AS size, count(CASE WHEN n:Feature THEN 1 END) AS features
+WHERE size >= $min_size
+CREATE (:Supernode {key: $algorithm + '-' + toString(community), community: community, run: $run,
+                    algorithm: $algorithm, size: size, features: features, internal_weight: 0.0})
+RETURN count(*) AS supernodes
+"""
+_MEMBERS = """
+MATCH (n) WHERE (n:Feature OR n:Token) AND n.community IS NOT NULL
+CALL (n) {
+  MATCH (s:Supernode {key: $algorithm + '-' + toString(n.community)})
+  CREATE (s)-[:HAS_MEMBER]->(n)
+} IN TRANSACTIONS OF $batch ROWS
+"""
+_INTERNAL_WEIGHT = """
+MATCH (a)-[e:ATTRIBUTES]->(b)
+WHERE (a:Feature OR a:Token) AND a.community IS NOT NULL AND e.graphs >= $min_graphs
+  AND a.community = b.community
+WITH a.community AS community, sum(e.sum_abs) AS internal
+MATCH (s:Supernode {key: $algorithm + '-' + toString(community)})
 SET s.internal_weight = internal
-RETURN count(s) AS supernodes
 """
 
 
@@ -51,7 +61,7 @@ class CommunityConfig:
     left out of the projection (default 2). min_size: smallest community kept as a Supernode (default 2).
     resolution: Leiden's gamma (default 1.0; lower merges more, e.g. path-shaped circuits that modularity
     splits at 1.0; Louvain supports only 1.0). seed: Leiden's random seed (default 42); concurrency: GDS
-    threads (default 1, reproducible)."""
+    threads (default 1, reproducible). batch: HAS_MEMBER links written per transaction (default 10,000)."""
 
     algorithm: str = "leiden"
     min_graphs: int = 2
@@ -59,6 +69,7 @@ class CommunityConfig:
     resolution: float = 1.0
     seed: int = 42
     concurrency: int = 1
+    batch: int = 10_000
 
 
 def find_supernodes(
@@ -90,15 +101,12 @@ def find_supernodes(
             "communities": out.community_count,
             "modularity": out.modularity,
         }
-    frame = gds.run_cypher(
-        _SUPERNODES,
-        params={
-            "min_size": config.min_size,
-            "algorithm": config.algorithm,
-            "run": STEP,
-            "min_graphs": config.min_graphs,
-        },
-    )
-    result["supernodes"] = int(frame["supernodes"][0]) if len(frame) else 0
+    with driver.session(database=database) as session:  # IN TRANSACTIONS needs an auto-commit query
+        record = session.run(
+            _SUPERNODES, min_size=config.min_size, algorithm=config.algorithm, run=STEP
+        ).single()
+        session.run(_MEMBERS, algorithm=config.algorithm, batch=config.batch).consume()
+        session.run(_INTERNAL_WEIGHT, algorithm=config.algorithm, min_graphs=config.min_graphs).consume()
+    result["supernodes"] = int(record["supernodes"]) if record else 0
     finish_run(driver, STEP, result, database=database)
     return result

@@ -1,23 +1,36 @@
-"""Recurring subcircuit mining: closed connected sets of feature-level edges that occur in >= k graphs.
+"""Recurring subcircuit mining: closed, specific, connected sets of feature-level edges in >= k graphs.
 
 Definitions (also in cypher/README.md, "Recurrence"): an edge (u, v) between global nodes (Feature or
 Token) occurs in a complete graph g when an EDGE of g from an instance of u to an instance of v has
-|weight| >= `min_weight`. A subcircuit S (a connected set of such edges) occurs in g when all of its edges
-do; its support is the number of those graphs. S recurs when support >= k = max(`min_support`,
-ceil(`min_support_fraction` * complete graphs)). The miner reports *closed* recurring subcircuits: adding
-any adjacent recurring edge would lose at least one of S's graphs.
+|weight| >= `min_weight`, unless u is a start token (the input Token at position 0 of every complete graph
+of its model, e.g. BOS). A subcircuit S is a set of such edges, connected through its Features; it occurs
+in g when all of its edges do; its support is the number of those graphs, and it recurs when support >= k =
+max(`min_support`, ceil(`min_support_fraction` * complete graphs)). Its specificity is support / the
+largest feature support of its Features (feature support: complete graphs keeping an instance of it), and
+it is specific when specificity >= `min_specificity`. The miner reports *closed* specific recurring
+subcircuits: no adjacent recurring edge can be added without losing one of S's graphs or its specificity.
 
-1. Candidates: aggregated ATTRIBUTES edges seen in >= k graphs (an upper bound of the support). Check
-   them in batches (`recurring_edges.cypher`, bounded transaction memory) and stream back the recurring
-   edges (support >= k) with their graphs and per-graph weights; each edge's graphs become a bitset.
-2. Seeds: every recurring edge, and every pair of recurring edges sharing a node whose common graphs
-   still number >= k (at most `max_pairs` pairs, strongest first).
-3. Close each seed: repeatedly add every adjacent recurring edge whose graphs include all of the seed's
-   graphs (support unchanged). Identical closures are merged; those with < `min_edges` edges dropped.
-4. Keep the `max_subcircuits` with the largest support (then summed |weight|), replace all
-   `(:Subcircuit)` nodes with them: `HAS_MEMBER` to their Features/Tokens, `OCCURS_IN {weight,
-   influence}` to their graphs; influence = largest influence of a member feature's instance in that
-   graph; rank by support, then mean influence.
+1. Start tokens; candidates: aggregated ATTRIBUTES edges seen in >= k graphs (an upper bound of the
+   support), not from a start token. Check them in batches (`recurring_edges.cypher`, bounded transaction
+   memory) and stream back the recurring edges (support >= k) with their graphs, per-graph weights and
+   influences; each edge's graphs become a bitset. Then the feature support of their Features.
+2. Seeds: every specific recurring edge, and every pair of recurring edges sharing a Feature whose common
+   graphs still number >= k and which is specific there (at most `max_pairs` pairs, strongest first).
+3. Close each seed: repeatedly add every edge sharing a Feature with it whose graphs include all of the
+   seed's graphs and whose Features keep it specific. Identical closures are merged; those with <
+   `min_edges` edges dropped.
+4. Rank by total influence (the sum over S's graphs of its influence there: the largest influence of an
+   instance of a member Feature on one of S's edges), then support; replace all `(:Subcircuit)` nodes
+   with the best `max_subcircuits`: `HAS_MEMBER` to their Features/Tokens, `OCCURS_IN {weight,
+   influence}` to their graphs.
+
+Why: support alone favours what every prompt shares. A generic Feature (kept in most prompts of a
+template) would join every closure over those prompts and swallow the specific ones; specificity (the
+h-confidence of frequent-pattern mining) keeps it out. Tokens are the prompt's words and the answers:
+every feature of a prompt reads the same tokens, so edges meeting only at a Token are not one mechanism.
+A start token is a constant: causal attention makes position 0 the same in every prompt that starts with
+it (attribution zeroes the features at a BOS position for that reason), so its edges, which reach every
+subcircuit, explain nothing. Total influence ranks what carries the output, summed over the graphs.
 
 Why client-side: closed frequent-subgraph mining is neither a GDS algorithm nor expressible as one Cypher
 query. Only the recurring edges (usually a small share of all edges) are held in Python, as graph
@@ -41,11 +54,31 @@ from circuitbase.analysis.queries import load_query
 
 STEP = "subcircuits"
 
+_START_TOKENS = """
+MATCH (g:Graph) WHERE g.complete = true
+WITH g.model AS model, count(g) AS graphs, min(g.id) AS first
+MATCH (n:TokenNode {graph: first}) WHERE n.position = 0
+MATCH (n)-[:INSTANCE_OF]->(t:Token)
+MATCH (t)<-[:INSTANCE_OF]-(:TokenNode {position: 0})-[:IN_GRAPH]->(h:Graph)
+WHERE h.complete = true
+WITH t, graphs, count(DISTINCT h) AS starts
+WHERE starts = graphs
+RETURN t.key AS key
+ORDER BY key
+"""
+_FEATURE_SUPPORT = """
+UNWIND $keys AS key
+MATCH (:Feature {key: key})<-[:INSTANCE_OF]-(:FeatureNode)-[:IN_GRAPH]->(g:Graph)
+WHERE g.complete = true
+RETURN key, count(DISTINCT g) AS graphs
+"""
 _CLEAR = "MATCH (s:Subcircuit) DETACH DELETE s"
 _WRITE = """
 UNWIND $rows AS r
-CREATE (s:Subcircuit {key: r.key, run: $run, support: r.support, support_fraction: r.support_fraction,
-                      weight: r.weight, weight_abs: r.weight_abs, sources: r.sources, targets: r.targets,
+CREATE (s:Subcircuit {key: r.key, run: $run, rank: r.rank, support: r.support,
+                      support_fraction: r.support_fraction, specificity: r.specificity,
+                      influence: r.influence, total_influence: r.total_influence, weight: r.weight,
+                      weight_abs: r.weight_abs, sources: r.sources, targets: r.targets,
                       n_edges: size(r.sources), n_nodes: size(r.members)})
 WITH s, r
 CALL (s, r) {
@@ -58,26 +91,8 @@ CALL (s, r) {
 CALL (s, r) {
   UNWIND r.occurrences AS o
   MATCH (g:Graph {id: o.graph})
-  CREATE (s)-[:OCCURS_IN {weight: o.weight}]->(g)
+  CREATE (s)-[:OCCURS_IN {weight: o.weight, influence: o.influence}]->(g)
 }
-"""
-_INFLUENCE = """
-MATCH (s:Subcircuit)-[o:OCCURS_IN]->(g:Graph)
-CALL (s, g) {
-  OPTIONAL MATCH (s)-[:HAS_MEMBER]->(:Feature)<-[:INSTANCE_OF]-(n:FeatureNode {graph: g.id})
-  RETURN coalesce(max(n.influence), 0.0) AS influence
-}
-SET o.influence = influence
-WITH s, avg(influence) AS influence
-SET s.influence = influence
-"""
-_RANK = """
-MATCH (s:Subcircuit)
-WITH s ORDER BY s.support DESC, s.influence DESC, s.weight_abs DESC, s.key
-WITH collect(s) AS ranked
-UNWIND range(0, size(ranked) - 1) AS i
-WITH ranked[i] AS s, i
-SET s.rank = i + 1
 """
 
 
@@ -85,12 +100,14 @@ SET s.rank = i + 1
 class SubcircuitConfig:
     """min_weight: smallest |edge weight| that counts as an occurrence (default 0.05). min_support and
     min_support_fraction: k = max(min_support, ceil(fraction * complete graphs)) (defaults 2 and 0.05).
+    min_specificity: least support / feature support of every member Feature (default 0.6).
     min_edges: smallest subcircuit reported (default 2). max_pairs: pair seeds tried (default 20,000).
     max_subcircuits: how many are written (default 500). batch: subcircuits per write (default 200)."""
 
     min_weight: float = 0.05
     min_support: int = 2
     min_support_fraction: float = 0.05
+    min_specificity: float = 0.6
     min_edges: int = 2
     max_pairs: int = 20_000
     max_subcircuits: int = 500
@@ -99,16 +116,29 @@ class SubcircuitConfig:
 
 @dataclass
 class RecurringEdges:
-    """Recurring edges as parallel lists: endpoints, graph bitsets, per-graph weights (graph ordinal ->)."""
+    """Recurring edges as parallel lists: endpoints, graph bitsets, per-graph weights and influences (graph
+    ordinal ->); the feature support of their Features (its keys tell Features from Tokens)."""
 
     graph_ids: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     graphs: list[int] = field(default_factory=list)  # bit i set: occurs in graph_ids[i]
     weights: list[dict[int, float]] = field(default_factory=list)
+    influences: list[dict[int, float]] = field(default_factory=list)
+    feature_support: dict[str, int] = field(default_factory=dict)
+    start_tokens: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sources)
+
+    def features(self, edge: int) -> list[str]:
+        """The Feature endpoints of `edge` (none for a token-to-logit edge)."""
+        ends = (self.sources[edge], self.targets[edge])
+        return [key for key in ends if key in self.feature_support]
+
+    def specific(self, edge: int, support: int, min_specificity: float) -> bool:
+        """Whether a subcircuit of `support` graphs stays specific with `edge` in it."""
+        return all(support / self.feature_support[f] >= min_specificity for f in self.features(edge))
 
 
 @dataclass(frozen=True)
@@ -126,12 +156,15 @@ class Subcircuit:
 def stream_recurring_edges(
     driver: neo4j.Driver, *, min_weight: float, min_support: int, batch: int = 500, database: str = "neo4j"
 ) -> RecurringEdges:
-    """The recurring edges, checked `batch` candidate pairs per query (bounded server memory), each
-    record turned into a bitset as it arrives."""
+    """The recurring edges (step 1 of the module docstring), checked `batch` candidate pairs per query
+    (bounded server memory), each record turned into a bitset as it arrives."""
     out = RecurringEdges()
     ordinal: dict[str, int] = {}
     with driver.session(database=database, default_access_mode=neo4j.READ_ACCESS) as session:
-        candidates = session.run(load_query("recurring_candidates"), min_support=min_support)
+        out.start_tokens = [record["key"] for record in session.run(_START_TOKENS)]
+        candidates = session.run(
+            load_query("recurring_candidates"), min_support=min_support, start_tokens=out.start_tokens
+        )
         pairs = [[record["source"], record["target"]] for record in candidates]
         for start in range(0, len(pairs), max(1, batch)):
             result = session.run(
@@ -141,47 +174,65 @@ def stream_recurring_edges(
                 min_support=min_support,
             )
             for record in result:
-                bits, weights = 0, {}
-                for graph, weight in zip(record["graphs"], record["weights"], strict=True):
+                bits, weights, influences = 0, {}, {}
+                rows = zip(record["graphs"], record["weights"], record["influences"], strict=True)
+                for graph, weight, influence in rows:
                     i = ordinal.setdefault(graph, len(ordinal))
                     bits |= 1 << i
-                    weights[i] = float(weight)
+                    weights[i], influences[i] = float(weight), float(influence)
                 out.sources.append(record["source"])
                 out.targets.append(record["target"])
                 out.graphs.append(bits)
                 out.weights.append(weights)
+                out.influences.append(influences)
+        keys = sorted(set(out.sources) | set(out.targets))
+        for start in range(0, len(keys), max(1, batch)):
+            for record in session.run(_FEATURE_SUPPORT, keys=keys[start : start + batch]):
+                out.feature_support[record["key"]] = record["graphs"]
     out.graph_ids = list(ordinal)
     return out
 
 
 def _incident(edges: RecurringEdges) -> dict[str, list[int]]:
+    """Feature -> the edges it is an endpoint of (subcircuits connect through Features only)."""
     incident: dict[str, list[int]] = defaultdict(list)
-    for i, (s, t) in enumerate(zip(edges.sources, edges.targets, strict=True)):
-        incident[s].append(i)
-        if t != s:
-            incident[t].append(i)
+    for e in range(len(edges)):
+        for feature in set(edges.features(e)):
+            incident[feature].append(e)
     return incident
 
 
 def _close(
-    seed: Iterable[int], graphs: int, edges: RecurringEdges, incident: dict[str, list[int]]
+    seed: Iterable[int],
+    graphs: int,
+    edges: RecurringEdges,
+    incident: dict[str, list[int]],
+    min_specificity: float,
 ) -> Subcircuit:
-    """Add adjacent edges whose graphs include `graphs` until none is left (support stays the same)."""
+    """Add edges sharing a Feature whose graphs include `graphs` and which keep the subcircuit specific,
+    until none is left (support stays the same)."""
     members = set(seed)
-    frontier = {n for e in members for n in (edges.sources[e], edges.targets[e])}
+    support = graphs.bit_count()
+    frontier = {f for e in members for f in edges.features(e)}
     while frontier:
         grown: set[str] = set()
         for node in frontier:
             for e in incident[node]:
-                if e not in members and graphs & ~edges.graphs[e] == 0:
+                if (
+                    e not in members
+                    and graphs & ~edges.graphs[e] == 0
+                    and edges.specific(e, support, min_specificity)
+                ):
                     members.add(e)
-                    grown.update((edges.sources[e], edges.targets[e]))
+                    grown.update(edges.features(e))
         frontier = grown
     return Subcircuit(frozenset(members), graphs)
 
 
-def mine(edges: RecurringEdges, *, k: int, min_edges: int, max_pairs: int) -> list[Subcircuit]:
-    """Closed connected subcircuits of support >= k (steps 2-3 of the module docstring), unordered."""
+def mine(
+    edges: RecurringEdges, *, k: int, min_edges: int, max_pairs: int, min_specificity: float
+) -> list[Subcircuit]:
+    """Closed specific connected subcircuits of support >= k (steps 2-3 of the module docstring)."""
     incident = _incident(edges)
     seeds: list[tuple[tuple[int, ...], int]] = [((e,), edges.graphs[e]) for e in range(len(edges))]
     pairs: set[tuple[int, int]] = set()
@@ -194,7 +245,9 @@ def mine(edges: RecurringEdges, *, k: int, min_edges: int, max_pairs: int) -> li
     seeds += [((a, b), edges.graphs[a] & edges.graphs[b]) for a, b in strongest[:max_pairs]]
     found: dict[frozenset[int], Subcircuit] = {}
     for seed, graphs in seeds:
-        sub = _close(seed, graphs, edges, incident)
+        if not all(edges.specific(e, graphs.bit_count(), min_specificity) for e in seed):
+            continue
+        sub = _close(seed, graphs, edges, incident, min_specificity)
         if len(sub.edges) >= min_edges:
             found.setdefault(sub.edges, sub)
     return list(found.values())
@@ -203,7 +256,12 @@ def mine(edges: RecurringEdges, *, k: int, min_edges: int, max_pairs: int) -> li
 def _occurrences(sub: Subcircuit, edges: RecurringEdges) -> list[dict[str, Any]]:
     graphs = [i for i in range(len(edges.graph_ids)) if sub.graphs >> i & 1]
     return [
-        {"graph": edges.graph_ids[g], "weight": sum(edges.weights[e][g] for e in sub.edges)} for g in graphs
+        {
+            "graph": edges.graph_ids[g],
+            "weight": sum(edges.weights[e][g] for e in sub.edges),
+            "influence": max(edges.influences[e][g] for e in sub.edges),
+        }
+        for g in graphs
     ]
 
 
@@ -214,10 +272,15 @@ def _row(sub: Subcircuit, edges: RecurringEdges, n_graphs: int) -> dict[str, Any
     occurrences = _occurrences(sub, edges)
     text = "\n".join(f"{s}->{t}" for s, t in zip(sources, targets, strict=True))
     weights = [o["weight"] for o in occurrences]
+    total_influence = sum(o["influence"] for o in occurrences)
+    widest = max((edges.feature_support[f] for e in sub.edges for f in edges.features(e)), default=0)
     return {
         "key": hashlib.sha1(text.encode()).hexdigest()[:16],
         "support": sub.support,
         "support_fraction": sub.support / n_graphs,
+        "specificity": sub.support / widest if widest else 1.0,
+        "influence": total_influence / sub.support,
+        "total_influence": total_influence,
         "weight": sum(weights) / len(weights),
         "weight_abs": sum(abs(w) for w in weights) / len(weights),
         "sources": sources,
@@ -238,19 +301,26 @@ def mine_subcircuits(
     k = max(config.min_support, math.ceil(config.min_support_fraction * n_graphs))
     record_run(driver, STEP, {**asdict(config), "k": k, "graphs": n_graphs}, database=database)
     edges = stream_recurring_edges(driver, min_weight=config.min_weight, min_support=k, database=database)
-    found = mine(edges, k=k, min_edges=config.min_edges, max_pairs=config.max_pairs)
+    found = mine(
+        edges,
+        k=k,
+        min_edges=config.min_edges,
+        max_pairs=config.max_pairs,
+        min_specificity=config.min_specificity,
+    )
     rows = [_row(sub, edges, n_graphs) for sub in found]
-    rows.sort(key=lambda r: (-r["support"], -r["weight_abs"], r["key"]))
+    rows.sort(key=lambda r: (-r["total_influence"], -r["support"], r["key"]))
     rows = rows[: config.max_subcircuits]
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
     with driver.session(database=database) as session:
         session.run(_CLEAR).consume()
         for start in range(0, len(rows), max(1, config.batch)):
             session.run(_WRITE, rows=rows[start : start + config.batch], run=STEP).consume()
-        session.run(_INFLUENCE).consume()
-        session.run(_RANK).consume()
     result = {
         "k": k,
         "graphs": n_graphs,
+        "start_tokens": len(edges.start_tokens),
         "recurring_edges": len(edges),
         "closed_subcircuits": len(found),
         "written": len(rows),

@@ -11,8 +11,9 @@ Each graph belongs to one planted circuit (round robin) and is built like a prun
    active, and the graph is marked incorrect (its top token is another one). Other graphs are correct.
 4. Noise: `noise_features` features drawn from a pool of `feature_pool` per layer at random positions (index
    = pool * u ** `feature_skew`, u uniform: skew 1 is uniform, larger skews make low indices common), and
-   `noise_edges` random edges from lower to higher layers (token nodes count as layer -1, logits as
-   n_layers) with weights in ±[0.01, 0.3) and influence in [0, 0.1).
+   `noise_edges` random node pairs, each kept as an edge when it goes from a lower to a higher layer
+   (token nodes count as layer -1, logits as n_layers), with weights in ±[0.01, 0.3); noise features'
+   influence lies in [0, 0.1).
 Rows are made by `circuitbase.ingest.model.build_rows`, so they load with `ingest.writer.write_graph`.
 """
 
@@ -161,11 +162,11 @@ def synthetic_graph(i: int, *, config: SyntheticConfig) -> GraphRows:
         path.append(logit_nodes[0])
     for a, b in itertools.pairwise(path):
         edges[a, b] = float(rng.uniform(0.4, 0.8))
-    layers = np.array(layer_of)
-    for _ in range(config.noise_edges):
-        a, b = (int(x) for x in rng.integers(len(nodes), size=2))
-        if layers[a] < layers[b] and (a, b) not in edges and nodes[a].kind != "LogitNode":
-            edges[a, b] = float(rng.choice([-1, 1]) * rng.uniform(0.01, 0.3))
+    for _ in range(config.noise_edges):  # scalar draws and plain lists: numpy's per-call overhead dominates
+        a, b = int(rng.integers(len(nodes))), int(rng.integers(len(nodes)))
+        if layer_of[a] < layer_of[b] and (a, b) not in edges and nodes[a].kind != "LogitNode":
+            sign = (-1.0, 1.0)[int(rng.integers(2))]
+            edges[a, b] = sign * float(rng.uniform(0.01, 0.3))
     pairs = list(edges)
     prompt = f"synthetic-{config.seed}-{i}"
     top = wrong[0] if broken else circuit.answer

@@ -40,6 +40,11 @@ FOR (f:Feature) ON (f.set, f.layer);
 CREATE CONSTRAINT attributes_pair IF NOT EXISTS
 FOR ()-[e:ATTRIBUTES]-() REQUIRE e.pair IS UNIQUE;
 
+// aggregated edges seen in >= k graphs (recurring-subcircuit candidates, the analysis projections) are found
+// by a range seek instead of expanding every node's ATTRIBUTES
+CREATE INDEX attributes_graphs IF NOT EXISTS
+FOR ()-[e:ATTRIBUTES]-() ON (e.graphs);
+
 // ---- analysis (circuitbase.analysis): results of `circuitbase analyze` (see cypher/README.md) ----
 CREATE CONSTRAINT analysis_run_id IF NOT EXISTS
 FOR (r:AnalysisRun) REQUIRE r.id IS UNIQUE;

@@ -2,12 +2,14 @@
 
 1. Stream texts from a corpus (every `eval_every`-th text is held out), tokenise, run the model and
    capture each layer's MLP input x_l and output m_l at every real token (BOS excluded).
-2. Mix the captured tokens in an in-memory shuffle buffer (fill, shuffle, emit half, refill).
+2. Mix the captured tokens in an in-memory shuffle buffer (fill, shuffle, emit half, refill). With a
+   skip connection, start it at the ridge least-squares linear map of the first batch (`skip_ridge`).
 3. Per batch: reconstruct every layer's m_l; loss = sum over layers of MSE / Var(m_l) (so each layer's
    term is its fraction of variance unexplained) + a sparsity term (ReLU: L1 of acts * decoder norms;
    JumpReLU: L0 with a straight-through threshold gradient; TopK: none) + AuxK: features that have not
    fired for `dead_after_tokens` tokens reconstruct the residual error with their top `aux_k`
-   pre-activations, which pulls dead features back into use.
+   pre-activations, which pulls dead features back into use. TopK decodes sparsely (k decoder rows per
+   token and layer), and activations are captured without running the model past its last MLP.
 4. Checkpoint every `checkpoint_every` steps (atomically, into `<out_dir>.checkpoints`); `resume`
    restores weights, optimiser and counters and fast-forwards the deterministic stream, so a resumed
    run is bit-identical.
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -52,6 +55,7 @@ class TrainConfig:
     d_transcoder: int = 8192
     k: int = 32  # active features per token (topk)
     skip: bool = True  # linear skip connection (plt only)
+    skip_ridge: float = 0.1  # > 0: start the skip at the ridge least-squares fit on the first batch
     total_tokens: int = 10_000_000
     batch_tokens: int = 4096
     lr: float = 2e-4
@@ -99,6 +103,10 @@ class TrainConfig:
 # ---- activations -----------------------------------------------------------------------------------
 
 
+class _Captured(Exception):
+    """Raised from the last MLP's hook to end a capturing forward pass early."""
+
+
 @torch.no_grad()
 def capture(
     model: nn.Module, adapter: ModelAdapter, ids: list[list[int]], *, bos_id: int | None
@@ -120,8 +128,10 @@ def capture(
 
     def on_out(layer: int, m: torch.Tensor) -> None:
         outputs[layer] = m
+        if layer == adapter.n_layers - 1:
+            raise _Captured  # nothing after the last MLP is needed (the unembedding alone is ~20% of it)
 
-    with hooked(adapter, on_mlp_input=on_in, on_mlp_output=on_out):
+    with hooked(adapter, on_mlp_input=on_in, on_mlp_output=on_out), contextlib.suppress(_Captured):
         model(batch.to(device), attention_mask=mask.to(device))
     keep = keep.to(device)
     per_layer = [torch.stack([x[keep], m[keep]], dim=1) for x, m in zip(inputs, outputs, strict=True)]
@@ -193,10 +203,12 @@ class ActivationStream:
             if held < cfg.buffer_tokens:
                 continue
             pool = torch.cat(buffer)
+            buffer.clear()  # at most two copies of the buffer exist at once: the pool and its shuffle
             pool = pool[torch.randperm(pool.shape[0], generator=gen)]
             n_out = (pool.shape[0] // 2) // cfg.batch_tokens * cfg.batch_tokens
             yield from pool[:n_out].split(cfg.batch_tokens)
-            buffer, held = [pool[n_out:]], pool.shape[0] - n_out
+            buffer, held = [pool[n_out:].clone()], pool.shape[0] - n_out
+            del pool
 
 
 # ---- the trainable transcoders ---------------------------------------------------------------------
@@ -265,19 +277,54 @@ class TrainableTranscoders(nn.Module):
         )
         self.W_skip = nn.Parameter(torch.zeros(n_layers, d_model, d_model)) if config.has_skip else None
 
+    @torch.no_grad()
+    def fit_skip(self, batch: torch.Tensor, *, ridge: float) -> None:
+        """Start the skip connection and b_dec at each layer's ridge least-squares linear map from MLP
+        input to MLP output on `batch` [N, L, 2, d] (penalty `ridge` x the mean input variance), so the
+        features begin by learning what a linear map misses rather than the whole output."""
+        assert self.W_skip is not None
+        x, m = batch[:, :, 0].double(), batch[:, :, 1].double()
+        x_mean, m_mean = x.mean(0), m.mean(0)
+        xc, mc = x - x_mean, m - m_mean
+        gram = torch.einsum("nld,nle->lde", xc, xc)
+        penalty = ridge * gram.diagonal(dim1=1, dim2=2).mean(-1)
+        gram = gram + penalty[:, None, None] * torch.eye(self.d_model, dtype=gram.dtype, device=gram.device)
+        linear = torch.linalg.solve(gram, torch.einsum("nld,nle->lde", xc, mc))  # m ~ xc @ linear
+        self.W_skip.copy_(linear.transpose(1, 2).float())
+        self.b_dec.copy_((m_mean - torch.einsum("ld,lde->le", x_mean, linear)).float())
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """[N, L, d] -> [N, L, F]."""
         return torch.einsum("nld,lfd->nlf", x, self.W_enc) + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if cfg.activation == "relu":
+        """ReLU or JumpReLU activations (TopK is handled sparsely in forward)."""
+        if self.config.activation == "relu":
             return torch.relu(pre)
-        if cfg.activation == "jumprelu":
-            assert self.log_threshold is not None
-            return _JumpReLU.apply(pre, self.log_threshold.exp(), cfg.jumprelu_bandwidth)
-        values, indices = pre.topk(cfg.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+        assert self.log_threshold is not None
+        return _JumpReLU.apply(pre, self.log_threshold.exp(), self.config.jumprelu_bandwidth)
+
+    def decode_sparse(
+        self, indices: torch.Tensor, values: torch.Tensor, *, bias: bool = True
+    ) -> torch.Tensor:
+        """decode() of activations given by their non-zero entries, `indices` and `values` [N, L, k]: a
+        weighted sum of k decoder rows per token and layer (an embedding bag), so TopK training decodes
+        in O(k) rather than O(F) per token, forward and backward."""
+        n = indices.shape[0]
+        written = [
+            nn.functional.embedding_bag(
+                indices[:, i], self.W_dec[i].flatten(1), per_sample_weights=values[:, i], mode="sum"
+            ).view(n, -1, self.d_model)
+            for i in range(self.n_layers)
+        ]  # layer i writes to layer i (PLT) or to layers i.. (CLT)
+        if self.config.kind == "plt":
+            out = torch.cat(written, dim=1)
+        else:
+            out = torch.zeros(n, self.n_layers, self.d_model, device=values.device, dtype=values.dtype)
+            for i, w in enumerate(written):
+                out = out.clone()
+                out[:, i:] += w
+        return out + self.b_dec if bias else out
 
     def decode(self, acts: torch.Tensor, *, bias: bool = True) -> torch.Tensor:
         """[N, L, F] -> [N, L, d] (without the skip term)."""
@@ -293,8 +340,14 @@ class TrainableTranscoders(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pre-activations, activations, reconstruction incl. skip) for MLP inputs [N, L, d]."""
         pre = self.pre_activations(x)
-        acts = self.activate(pre)
-        out = self.decode(acts)
+        if self.config.activation == "topk":
+            values, indices = pre.topk(self.config.k, dim=-1)
+            values = torch.relu(values)
+            out = self.decode_sparse(indices, values)
+            acts = torch.zeros_like(pre).scatter(-1, indices, values.detach())  # for metrics only
+        else:
+            acts = self.activate(pre)
+            out = self.decode(acts)
         if self.W_skip is not None:
             out = out + torch.einsum("nld,led->nle", x, self.W_skip)
         return pre, acts, out
@@ -350,10 +403,7 @@ def _loss(
         n_aux = min(cfg.aux_k, int(dead.sum(-1).max()))
         dead_pre = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
         values, indices = dead_pre.topk(n_aux, dim=-1)
-        aux_acts = torch.zeros_like(pre).scatter(
-            -1, indices, torch.relu(torch.nan_to_num(values, neginf=0.0))
-        )
-        aux_out = tc.decode(aux_acts, bias=False)
+        aux_out = tc.decode_sparse(indices, torch.relu(torch.nan_to_num(values, neginf=0.0)), bias=False)
         aux = ((error.detach() - aux_out).pow(2).sum(-1).mean(0) / out_var).sum()
         loss = loss + cfg.aux_coefficient * aux
         parts["aux"] = aux.item()
@@ -402,8 +452,7 @@ def replacement_loss(
             inputs: list = inputs,
             keep_first: bool = keep_first,
         ) -> torch.Tensor:
-            padded = acts + [torch.zeros_like(acts[0])] * (transcoders.n_layers - len(acts))
-            out = transcoders.decode(padded)[layer]
+            out = transcoders.decode_layer(acts, layer)
             skip = transcoders.skip(layer, inputs[layer])
             out = (out if skip is None else out + skip).to(m.dtype)
             if keep_first:
@@ -515,6 +564,8 @@ def train_transcoders(
     tc = TrainableTranscoders(cfg, n_layers=adapter.n_layers, d_model=adapter.d_model, out_mean=out_mean).to(
         device
     )
+    if cfg.has_skip and cfg.skip_ridge > 0:
+        tc.fit_skip(first.to(device), ridge=cfg.skip_ridge)
     optimizer = torch.optim.Adam(tc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
     since_fired = torch.zeros(adapter.n_layers, cfg.d_transcoder, dtype=torch.long, device=device)

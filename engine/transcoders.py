@@ -127,6 +127,18 @@ class TranscoderSet(nn.Module):
                 outputs[i + offset] = outputs[i + offset] + written[..., offset, :]
         return outputs
 
+    def decode_layer(self, acts: list[torch.Tensor], layer: int) -> torch.Tensor:
+        """Layer `layer`'s output [..., d_model] (no skip term) from the activations of layers 0..layer
+        (`acts` may stop there): what `decode(acts)[layer]` gives, without decoding the other layers."""
+        if len(acts) <= layer:
+            raise TranscoderError(f"layer {layer} needs activations of layers 0-{layer}, got {len(acts)}")
+        if not self.cross_layer:
+            return acts[layer].to(self.dtype) @ self.W_dec[layer] + self.b_dec[layer]
+        out = self.b_dec[layer]
+        for i in range(layer + 1):
+            out = out + acts[i].to(self.dtype) @ self.W_dec[i][:, layer - i]
+        return out
+
     def skip(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
         """x @ W_skip[layer].T, or None for a set without skip connection."""
         if self.W_skip is None:

@@ -1,4 +1,5 @@
-"""First load of graph files into an empty local instance with `neo4j-admin database import full`.
+"""First load of graphs (files, or rows made in memory) into an empty local instance with
+`neo4j-admin database import full`.
 
 1. Refuse unless the target is a local instance circuitbase manages (no CIRCUITBASE_NEO4J_URI) whose
    database holds no nodes; then stop it, so nothing can write to it while the files are made.
@@ -22,7 +23,7 @@ import re
 import shutil
 import time
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,10 +368,42 @@ def bulk_import_files(
     log: Callable[[str], None] = lambda _line: None,
     each: Callable[[], None] = lambda: None,
 ) -> BulkResult:
-    """First load of `paths` into the empty database of local `instance` (see the module docstring).
+    """First load of graph files `paths` into the empty database of local `instance` (`bulk_import_rows`);
+    a file that cannot be read or belongs to another model or transcoder set is bad. each: called after
+    every file (e.g. a progress bar); the other arguments as for `bulk_import_rows`."""
+    ingest = (config or BulkConfig()).ingest
 
+    def graphs() -> Iterator[GraphRows | IngestError]:
+        for path in paths:
+            try:
+                rows = read_graph_rows(path)
+                check_rows(rows, ingest, where=str(path))
+            except IngestError as exc:
+                yield exc
+            else:
+                yield rows
+            each()
+
+    return bulk_import_rows(
+        graphs(), instance=instance, layout=layout, config=config, parameters=parameters, log=log
+    )
+
+
+def bulk_import_rows(
+    graphs: Iterable[GraphRows | IngestError],
+    *,
+    instance: str = "default",
+    layout: Layout | None = None,
+    config: BulkConfig | None = None,
+    parameters: dict[str, Any] | None = None,
+    log: Callable[[str], None] = lambda _line: None,
+) -> BulkResult:
+    """First load of `graphs` into the empty database of local `instance` (see the module docstring).
+
+    graphs: the rows of each graph, or the IngestError of a graph that could not be made (recorded as bad
+    with `config.ingest.skip_bad`, raised otherwise); consumed once, one graph in memory at a time.
     layout: where instances live (default `Layout.resolve()`); parameters: recorded on the job;
-    log: progress messages (default: none); each: called after every file (e.g. a progress bar).
+    log: progress messages (default: none).
     """
     config, layout = config or BulkConfig(), layout or Layout.resolve()
     _managed_instance(instance, layout)
@@ -394,20 +427,15 @@ def bulk_import_files(
     stop(instance, layout=layout)
     try:
         export = CsvExport(directory)
-        for path in paths:
-            try:
-                rows = read_graph_rows(path)
-                check_rows(rows, config.ingest, where=str(path))
-            except IngestError as exc:
+        for rows in graphs:
+            if isinstance(rows, IngestError):
                 if not config.ingest.skip_bad:
-                    raise
-                summary.bad.append(str(exc))
+                    raise rows
+                summary.bad.append(str(rows))
+            elif export.add(rows):
+                summary.loaded += 1
             else:
-                if export.add(rows):
-                    summary.loaded += 1
-                else:
-                    summary.skipped += 1
-            each()
+                summary.skipped += 1
         export.finish()
         csv_seconds = time.perf_counter() - began
         log(f"importing {export.node_count:,} nodes, {export.relationship_count:,} relationships")

@@ -22,8 +22,9 @@ from circuitbase.analysis.hubs import HubConfig, find_hubs
 from circuitbase.analysis.queries import run_query
 from circuitbase.analysis.run import AnalysisConfig, resolve_steps, run_analysis
 from circuitbase.analysis.similarity import SimilarityConfig, find_similar_graphs
-from circuitbase.analysis.subcircuits import SubcircuitConfig, mine_subcircuits
+from circuitbase.analysis.subcircuits import RecurringEdges, SubcircuitConfig, mine, mine_subcircuits
 from circuitbase.analysis.synthetic import DEFAULT_CIRCUITS, SyntheticConfig, synthetic_graph
+from circuitbase.api.repository import Repository, TimedDriver
 from circuitbase.cli import app
 from circuitbase.ingest.model import GraphRows, feature_key
 from circuitbase.ingest.schema import apply_schema
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.neo4j
 
 NOISE = {
     "light": SyntheticConfig(n_graphs=40, seed=1),
-    # a small noise pool: noise features and edges recur too, so noise subcircuits compete with the planted
+    # a small noise pool: noise edges recur too, but their features, kept in most graphs, are not specific
     "heavy": SyntheticConfig(n_graphs=40, seed=2, feature_pool=12, noise_features=30, noise_edges=150),
 }
 
@@ -67,6 +68,7 @@ def test_mining_recovers_the_planted_circuits(clean_db: neo4j.Driver, noise: str
     precision, recall = precision_recall(top, planted)
     print(f"{noise} noise: {summary}; precision {precision:.3f}, recall {recall:.3f}")
     assert (precision, recall) == (1.0, 1.0)
+    assert summary["closed_subcircuits"] == len(DEFAULT_CIRCUITS)  # heavy: 76 recurring edges
     for circuit in DEFAULT_CIRCUITS:
         [match] = [
             s for s in top if set(zip(s["sources"], s["targets"], strict=True)) == set(circuit.edges())
@@ -80,6 +82,24 @@ def test_mining_recovers_the_planted_circuits(clean_db: neo4j.Driver, noise: str
     ).records
     assert occurs["n"] == top[0]["support"] and occurs["all_correct"]
     assert occurs["w"] >= 0.4 * 3  # every occurrence sums >= 3 planted edges of weight >= 0.4
+
+
+def test_closures_keep_generic_features_and_shared_tokens_out() -> None:
+    """Six graphs; feature A and logit y in graphs 0-2, generic feature G in all six (feeding A in 0-2)."""
+    edges = RecurringEdges(
+        graph_ids=[f"g{i}" for i in range(6)],
+        sources=["tok", "A", "G", "tok", "tok2"],
+        targets=["A", "y", "A", "G", "y"],
+        graphs=[0b000111, 0b000111, 0b000111, 0b111111, 0b000111],
+        feature_support={"A": 3, "G": 6},
+    )
+    closures = {
+        h: {tuple(sorted(s.edges)) for s in mine(edges, k=2, min_edges=1, max_pairs=10, min_specificity=h)}
+        for h in (0.6, 0.5)
+    }
+    # 0.6: G (3 of its 6 graphs) stays out of A's closure; the tok2 -> y edge meets it only at a Token
+    assert closures[0.6] == {(0, 1), (3,), (4,)}
+    assert closures[0.5] == {(0, 1, 2, 3), (3,), (4,)}  # G may join, and brings its generic input
 
 
 def test_a_broken_subset_surfaces_in_the_comparison(clean_db: neo4j.Driver) -> None:
@@ -143,6 +163,55 @@ def test_supernodes_hubs_and_similarity(clean_db: neo4j.Driver) -> None:
     assert max(similar, key=similar.get) in {g.id for g in rows if g.prompt["tags"] == rows[0].prompt["tags"]}
 
 
+def test_supernodes_carry_their_members_and_internal_weight(clean_db: neo4j.Driver) -> None:
+    load(clean_db, NOISE["heavy"])
+    summary = find_supernodes(clean_db, config=CommunityConfig(min_graphs=2, batch=7))  # links in batches
+    members: dict[int, list[bool]] = {}
+    for record in clean_db.execute_query(
+        "MATCH (n) WHERE (n:Feature OR n:Token) AND n.community IS NOT NULL "
+        "RETURN n.community AS c, n:Feature AS f"
+    ).records:
+        members.setdefault(record["c"], []).append(record["f"])
+    internal: dict[int, float] = {}
+    for record in clean_db.execute_query(
+        "MATCH (a)-[e:ATTRIBUTES]->(b) WHERE e.graphs >= 2 "
+        "RETURN a.community AS a, b.community AS b, e.sum_abs AS w"
+    ).records:
+        if record["a"] is not None and record["a"] == record["b"]:
+            internal[record["a"]] = internal.get(record["a"], 0.0) + record["w"]
+    kept = {c: flags for c, flags in members.items() if len(flags) >= 2}
+    supernodes = clean_db.execute_query(
+        "MATCH (s:Supernode) RETURN s.community AS c, s.size AS size, s.features AS features, "
+        "s.internal_weight AS weight, COUNT { (s)-[:HAS_MEMBER]->() } AS links, "
+        "COUNT { (s)-[:HAS_MEMBER]->(m) WHERE m.community = s.community } AS own"
+    ).records
+    assert summary["supernodes"] == len(supernodes) == len(kept) > 1 and sum(map(len, kept.values())) > 7
+    for s in supernodes:
+        assert s["size"] == s["own"] == s["links"] == len(kept[s["c"]])
+        assert s["features"] == sum(kept[s["c"]])
+        assert s["weight"] == pytest.approx(internal.get(s["c"], 0.0)) and s["weight"] > 0
+
+
+def test_betweenness_samples_its_sources_above_a_node_count(clean_db: neo4j.Driver) -> None:
+    load(clean_db, NOISE["heavy"])
+
+    def hubs(config: HubConfig) -> tuple[dict, dict[str, float]]:
+        summary = find_hubs(clean_db, config=config)
+        records = clean_db.execute_query(
+            "MATCH (n) WHERE n.betweenness IS NOT NULL RETURN n.key AS key, n.betweenness AS score"
+        ).records
+        return summary, {r["key"]: r["score"] for r in records}
+
+    exact_summary, exact = hubs(HubConfig(betweenness_sources=None))
+    default_summary, default = hubs(HubConfig())
+    assert default == exact and default_summary["betweenness_sources"] == exact_summary["nodes"] < 2_000
+    sampled_summary, sampled = hubs(HubConfig(betweenness_sources=25))
+    assert sampled_summary["betweenness_sources"] == 25 < sampled_summary["nodes"]
+    # paths from 25 of the sources only: no node gains, and the total loses the other sources' paths
+    assert sampled.keys() == exact.keys() and all(sampled[k] <= exact[k] + 1e-9 for k in exact)
+    assert 0 < sum(sampled.values()) < sum(exact.values())
+
+
 def test_analyze_twice_leaves_one_set_of_results(clean_db: neo4j.Driver) -> None:
     load(clean_db, SyntheticConfig(n_graphs=16, seed=4))
     config = AnalysisConfig(subcircuits=SubcircuitConfig(min_support=3, max_subcircuits=7))
@@ -160,6 +229,23 @@ def test_analyze_twice_leaves_one_set_of_results(clean_db: neo4j.Driver) -> None
     [run] = clean_db.execute_query("MATCH (r:AnalysisRun {id: 'subcircuits'}) RETURN r").records
     assert json.loads(run["r"]["params"])["max_subcircuits"] == 7 and run["r"]["status"] == "finished"
     assert clean_db.execute_query("CALL gds.graph.list() YIELD graphName RETURN graphName").records == []
+
+
+def test_analyze_keeps_user_defined_supernodes(clean_db: neo4j.Driver) -> None:
+    load(clean_db, SyntheticConfig(n_graphs=16, seed=4))
+    keys = [feature_key("synthetic-set", *f) for f in DEFAULT_CIRCUITS[1].features]
+    repo = Repository(TimedDriver(clean_db, timeout_s=30.0))
+    repo.define_supernode(key="manual-adder", name="adder", description="", features=keys)
+    query = (
+        "MATCH (s:Supernode) OPTIONAL MATCH (s)-[:HAS_MEMBER]->(m) "
+        "RETURN s.key AS key, s.algorithm AS algorithm, collect(m.key) AS members"
+    )
+    for _ in range(2):  # a rerun replaces the communities only
+        run_analysis(clean_db, steps=["communities"], config=AnalysisConfig())
+        records = clean_db.execute_query(query).records
+        rows = {r["key"]: (r["algorithm"], sorted(r["members"])) for r in records}
+        assert rows.pop("manual-adder") == ("manual", sorted(keys))
+        assert rows and all(algorithm == "leiden" for algorithm, _ in rows.values())
 
 
 def test_bad_requests_are_refused(clean_db: neo4j.Driver) -> None:

@@ -15,13 +15,16 @@ import neo4j
 import pytest
 from test_ingest import graph_dir, tiny  # noqa: F401  (session fixtures: the real graph files)
 
+from circuitbase.analysis.synthetic import SyntheticConfig, synthetic_graph
 from circuitbase.dbserver.config import InstanceConfig, Layout
 from circuitbase.dbserver.server import start, stop
-from circuitbase.ingest.bulk import BulkConfig, BulkImportError, bulk_import_files
+from circuitbase.ingest.bulk import BulkConfig, BulkImportError, bulk_import_files, bulk_import_rows
 from circuitbase.ingest.jobs import JobRecord
-from circuitbase.ingest.loader import graph_files, ingest_files
-from circuitbase.ingest.schema import apply_schema, schema_statements
+from circuitbase.ingest.loader import IngestConfig, graph_files, ingest_files
+from circuitbase.ingest.model import IngestError
+from circuitbase.ingest.schema import apply_schema, schema_statements, wipe_database
 from circuitbase.ingest.verify import content_checksum
+from circuitbase.ingest.writer import write_graph
 from circuitbase.settings import URI_ENV, local_instance_settings, open_driver
 
 pytestmark = pytest.mark.neo4j
@@ -89,3 +92,29 @@ def test_bulk_load_equals_online_load(
     monkeypatch.delenv(URI_ENV)
     with pytest.raises(BulkImportError, match="no local Neo4j instance 'never-made'"):
         bulk_import_files([], instance="never-made", layout=bulk_layout)
+
+
+def test_bulk_rows_load_as_online_and_record_bad_graphs(
+    clean_db: neo4j.Driver, bulk_layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(URI_ENV, raising=False)
+    config = SyntheticConfig(n_graphs=6, seed=3)
+    rows = [synthetic_graph(i, config=config) for i in range(config.n_graphs)]
+    apply_schema(clean_db)
+    for graph in rows:
+        write_graph(clean_db, graph)
+    settings = local_instance_settings(name=BULK_INSTANCE.name, cache_dir=bulk_layout.root)
+    with open_driver(settings) as bulk_db:
+        wipe_database(bulk_db)  # bulk loads only into an empty database
+    made = iter([*rows, IngestError("graph 6: could not be made"), rows[0]])  # consumed once, as made
+    result = bulk_import_rows(
+        made,
+        instance=BULK_INSTANCE.name,
+        layout=bulk_layout,
+        config=BulkConfig(ingest=IngestConfig(skip_bad=True)),
+    )
+    summary = result.summary
+    assert (summary.loaded, summary.skipped, summary.status) == (6, 1, "finished_with_errors")
+    assert summary.bad == ["graph 6: could not be made"]
+    with open_driver(settings) as bulk_db:
+        assert content_checksum(bulk_db) == content_checksum(clean_db)

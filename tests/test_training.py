@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from circuitbase.engine.adapters import adapter_for
-from circuitbase.engine.corpus import CorpusError, iter_texts
-from circuitbase.engine.training import TrainConfig, TrainingError, capture, checkpoint_dir, train_transcoders
+from circuitbase.engine.corpus import CorpusError, iter_texts, python_docs_corpus
+from circuitbase.engine.replacement import hooked
+from circuitbase.engine.training import (
+    TrainableTranscoders,
+    TrainConfig,
+    TrainingError,
+    capture,
+    checkpoint_dir,
+    train_transcoders,
+)
 from circuitbase.engine.transcoders import TranscoderSet
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
@@ -74,6 +82,62 @@ def test_topk_training_reduces_loss_and_keeps_k_active(
     replacement = metrics["replacement"]
     assert replacement["tokens"] > 0 and replacement["kl"] >= 0.0
     assert (tmp_path / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_sparse_topk_decode_equals_the_dense_decode_with_its_gradients(kind: str) -> None:
+    config = replace(BASE, kind=kind, d_transcoder=64, k=5)
+    tc = TrainableTranscoders(config, n_layers=3, d_model=16, out_mean=torch.randn(3, 16))
+    with torch.no_grad():
+        for w in tc.W_dec:
+            w.normal_()
+    pre = torch.randn(40, 3, 64, generator=torch.Generator().manual_seed(1))
+    values, indices = pre.topk(5, dim=-1)
+    values = values.relu()
+    dense_acts = torch.zeros_like(pre).scatter(-1, indices, values)
+    target = torch.randn(40, 3, 16)
+    grads = []
+    for out in (tc.decode(dense_acts), tc.decode_sparse(indices, values)):
+        tc.zero_grad()
+        (out - target).pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in tc.W_dec])
+        assert out.shape == (40, 3, 16)
+    assert torch.allclose(tc.decode(dense_acts), tc.decode_sparse(indices, values), atol=1e-5)
+    for dense, sparse in zip(*grads, strict=True):
+        assert torch.allclose(dense, sparse, atol=1e-4) and dense.abs().sum() > 0
+
+
+def test_skip_starts_at_the_least_squares_linear_map() -> None:
+    tc = TrainableTranscoders(BASE, n_layers=2, d_model=8, out_mean=torch.zeros(2, 8))
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(500, 2, 8, generator=gen)
+    linear = torch.randn(2, 8, 8, generator=gen)
+    m = torch.einsum("nld,lde->nle", x, linear) + 0.5
+    tc.fit_skip(torch.stack([x, m], dim=2), ridge=1e-6)
+    assert tc.W_skip is not None
+    assert torch.allclose(torch.einsum("nld,led->nle", x, tc.W_skip) + tc.b_dec, m, atol=1e-3)
+
+
+def test_capture_stops_after_the_last_mlp_and_matches_a_full_forward(model, tokenizer) -> None:
+    ids = [tokenizer("w1 w2 w3 w4").input_ids, tokenizer("w5 w6").input_ids]
+    adapter = adapter_for(model)
+    acts = capture(model, adapter, ids, bos_id=None)
+    outputs: list[torch.Tensor] = []
+    with hooked(adapter, on_mlp_output=lambda layer, m: outputs.append(m)):
+        model(torch.tensor([ids[0]]))
+    assert acts.shape == (len(ids[0]) + len(ids[1]), adapter.n_layers, 2, adapter.d_model)
+    for layer, m in enumerate(outputs):
+        assert torch.allclose(acts[: len(ids[0]), layer, 1], m[0], atol=1e-5)
+
+
+def test_python_docs_corpus_is_english_prose_written_once(tmp_path: Path) -> None:
+    path = python_docs_corpus(tmp_path / "docs.jsonl")
+    texts = list(iter_texts(path))
+    assert len(texts) > 1000 and all(len(t) >= 200 for t in texts)
+    words = " ".join(texts[:200]).split()
+    assert sum(w.lower() in {"the", "a", "of", "is", "to"} for w in words) / len(words) > 0.08
+    before = path.stat().st_mtime_ns
+    assert python_docs_corpus(path) == path and path.stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(("kind", "activation"), [("plt", "jumprelu"), ("plt", "relu"), ("clt", "topk")])

@@ -127,6 +127,9 @@ def test_clt_decode_matches_readme_formula() -> None:
         assert decoded[layer].shape == (5, 8)
         assert (decoded[layer].double() - by_hand[layer]).abs().max().item() < 1e-5
         assert torch.equal(reconstructed[layer], decoded[layer])
+        assert (tc.decode_layer(acts[: layer + 1], layer).double() - by_hand[layer]).abs().max() < 1e-5
+    with pytest.raises(TranscoderError, match="layer 2 needs activations of layers 0-2"):
+        tc.decode_layer(acts[:2], 2)
     # layer 2 really receives writes from layers 0 and 1
     assert (by_hand[2] - (acts[2].double() @ tc.W_dec[2][:, 0].double() + tc.b_dec[2])).abs().max() > 1e-3
 

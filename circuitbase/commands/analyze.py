@@ -29,6 +29,9 @@ def analyze_command(
     min_support_fraction: float = typer.Option(
         0.05, help="Subcircuits: ... or this share of graphs, if more."
     ),
+    min_specificity: float = typer.Option(
+        0.6, help="Subcircuits: least share of each member feature's graphs a subcircuit must occur in."
+    ),
     max_subcircuits: int = typer.Option(500, help="Subcircuits: how many (best ranked) are written."),
     min_graphs: int = typer.Option(
         2, help="Communities/hubs: aggregated edges seen in fewer graphs are ignored."
@@ -57,6 +60,7 @@ def analyze_command(
                 min_weight=min_weight,
                 min_support=min_support,
                 min_support_fraction=min_support_fraction,
+                min_specificity=min_specificity,
                 max_subcircuits=max_subcircuits,
             ),
             similarity=SimilarityConfig(top_k=top_k),

@@ -26,7 +26,11 @@ def attribute_command(
     model: str = typer.Option(
         "smollm2", help="'smollm2', a local Hugging Face model directory or a .gguf file."
     ),
-    transcoders: Path = typer.Option(..., help="Transcoder set directory (config.yaml + safetensors)."),
+    transcoders: Path | None = typer.Option(
+        None,
+        help="Transcoder set directory (config.yaml + safetensors). Default: MODEL's own set, trained on "
+        "first use (SmolLM2 on a 2-core CPU: see README) and cached.",
+    ),
     out: Path = typer.Option(Path("graphs"), help="Directory for graph files (re-runs skip existing ones)."),
     device: Device = "auto",
     batch_size: BatchSize = 64,

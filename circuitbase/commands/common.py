@@ -31,14 +31,19 @@ def fail_on(console: Console) -> Iterator[None]:
 
 
 def load_model_and_transcoders(
-    model: str, transcoders: Path, *, device: str
+    model: str, transcoders: Path | None, *, device: str
 ) -> tuple[LoadedModel, TranscoderSet]:
-    """Load the model and its transcoder set on one device, checking that their shapes agree."""
+    """Load the model and its transcoder set on one device, checking that their shapes agree. Without
+    `transcoders`: the model's default set, trained and labelled on first use and cached after that."""
     from circuitbase.engine.models import load_model, resolve_device
     from circuitbase.engine.transcoders import TranscoderSet
 
     target = resolve_device(device)
     loaded = load_model(model, device=target)
+    if transcoders is None:
+        from circuitbase.engine.default_transcoders import ensure_default_transcoders
+
+        transcoders = ensure_default_transcoders(loaded, progress=True, log=Console(stderr=True).print)
     transcoder_set = TranscoderSet.load(transcoders, device=target)
     transcoder_set.validate_for(
         n_layers=loaded.adapter.n_layers, d_model=loaded.adapter.d_model, model_name=loaded.name

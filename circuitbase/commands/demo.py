@@ -1,9 +1,11 @@
 """`circuitbase demo`: the main job end to end on the embedded defaults.
 
 1. Neo4j + Open GDS: install if missing, start the local instance, apply the schema.
-2. The toy model with planted circuits and its transcoders (shipped in the package).
-3. A prompt set over the toy model's tasks (two-hop lookup, one-hop, name copying, arithmetic) with
-   right and wrong answers, attributed and loaded into Neo4j as one pipelined, resumable job.
+2. The model and its transcoders: the toy model with planted circuits (shipped in the package), or with
+   `--model smollm2` SmolLM2-135M-Instruct with its default transcoders (trained on first use).
+3. A prompt set with right and wrong answers, attributed and loaded into Neo4j as one pipelined,
+   resumable job: the toy model's tasks (two-hop lookup, one-hop, name copying, arithmetic), or for
+   SmolLM2 `engine.study_prompts` (two-hop facts, arithmetic, name copying).
 4. Analysis: supernodes, recurring subcircuits, prompt similarity, hub features.
 5. A summary of what was found, where to look (Neo4j Browser, GraphQL), then `serve` unless --no-serve.
 
@@ -16,7 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -33,7 +35,7 @@ console = Console()
 
 BROWSER_QUERIES = (
     (
-        "Recurring subcircuits by support",
+        "Recurring subcircuits by rank",
         "MATCH (s:Subcircuit) RETURN s.key, s.support, s.sources, s.targets ORDER BY s.rank LIMIT 10",
     ),
     (
@@ -60,15 +62,40 @@ def _work_dir(model: str) -> Path:
     return cache_home() / "demo" / model
 
 
-def _write_prompts(path: Path, n: int) -> Path:
-    """`n` random toy prompts plus every prompt the toy model was never taught (its wrong answers)."""
+MODELS = ("toy", "smollm2")
+
+
+def _write_prompts(path: Path, model: str, n: int) -> Path:
+    """Toy: `n` random toy prompts plus every prompt the toy model was never taught (its wrong answers).
+    SmolLM2: the fixed real-language study (`n` is not used)."""
+    from circuitbase.engine.study_prompts import study_prompts
     from circuitbase.engine.toy import fixed_examples, toy_prompts
 
+    if model == "toy":
+        untaught = [e for e in fixed_examples() if {"unknown", "held_out"} & set(e["tags"])]
+        prompts = [*toy_prompts(n, seed=0), *untaught]
+    else:
+        prompts = study_prompts()
     path.parent.mkdir(parents=True, exist_ok=True)
-    untaught = [e for e in fixed_examples() if {"unknown", "held_out"} & set(e["tags"])]
-    lines = [json.dumps(p) for p in [*toy_prompts(n, seed=0), *untaught]]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("".join(json.dumps(p) + "\n" for p in prompts), encoding="utf-8")
     return path
+
+
+def _model_and_transcoders(model: str) -> tuple[Any, Any, Path]:
+    """The loaded model, its transcoder set and the set's folder (SmolLM2's is trained on first use)."""
+    from circuitbase.engine.default_transcoders import ensure_default_transcoders
+    from circuitbase.engine.models import load_model
+    from circuitbase.engine.toy import shipped_paths
+    from circuitbase.engine.transcoders import TranscoderSet
+
+    if model == "toy":
+        model_dir, transcoder_dir = shipped_paths()
+        loaded = load_model(str(model_dir))
+    else:
+        loaded = load_model(model)
+        transcoder_dir = ensure_default_transcoders(loaded, progress=True, log=console.print)
+    console.print(f"  model {loaded.name}, transcoders {transcoder_dir}")
+    return loaded, TranscoderSet.load(transcoder_dir), transcoder_dir
 
 
 def _start_neo4j(instance: str) -> str:
@@ -84,20 +111,22 @@ def _start_neo4j(instance: str) -> str:
 
 
 def demo_command(
+    model: str = typer.Option(
+        "toy",
+        help="toy (the shipped model with planted circuits) or smollm2 (SmolLM2-135M-Instruct; its "
+        "transcoders are trained on first use, see README).",
+    ),
     prompts: int = typer.Option(96, help="Prompts in the toy study (cycling over the tasks)."),
     instance: str = typer.Option("default", help="Local Neo4j instance to use (started if needed)."),
     serve: bool = typer.Option(True, help="Serve the GraphQL API and dashboard at the end (Ctrl-C stops)."),
     port: int = typer.Option(8000, help="Port for the API."),
 ) -> None:
-    """Run the main job on the toy model end to end and show what was found."""
+    """Run the main job end to end (toy model by default) and show what was found."""
     from circuitbase.analysis.compare import Split, compare
     from circuitbase.analysis.run import run_analysis
     from circuitbase.commands.ingest import labels_for
     from circuitbase.engine.attribution import AttributionConfig
-    from circuitbase.engine.models import load_model
     from circuitbase.engine.prompts import read_prompts
-    from circuitbase.engine.toy import shipped_paths
-    from circuitbase.engine.transcoders import TranscoderSet
     from circuitbase.ingest.loader import IngestConfig
     from circuitbase.ingest.pipeline import ingest_prompts
     from circuitbase.ingest.schema import apply_schema
@@ -105,6 +134,8 @@ def demo_command(
 
     started = time.perf_counter()
     with fail_on(console):
+        if model not in MODELS:
+            raise ValueError(f"unknown demo model {model!r}: use one of {', '.join(MODELS)}")
         console.rule("1/5 Neo4j + Graph Data Science")
         browser = "the Neo4j Browser of your server"
         if "CIRCUITBASE_NEO4J_URI" not in os.environ:
@@ -113,15 +144,12 @@ def demo_command(
         driver = open_driver(settings)
         apply_schema(driver, database=settings.database)
 
-        console.rule("2/5 Toy model with planted circuits")
-        model_dir, transcoder_dir = shipped_paths()
-        loaded = load_model(str(model_dir))
-        transcoders = TranscoderSet.load(transcoder_dir)
-        console.print(f"  model {model_dir}, transcoders {transcoder_dir}")
+        console.rule("2/5 Model and transcoders")
+        loaded, transcoders, transcoder_dir = _model_and_transcoders(model)
 
         console.rule("3/5 Attribution + ingest")
-        work = _work_dir("toy")
-        prompt_set = read_prompts(_write_prompts(work / "prompts.jsonl", prompts))
+        work = _work_dir(model)
+        prompt_set = read_prompts(_write_prompts(work / "prompts.jsonl", model, prompts))
         summary = ingest_prompts(
             driver,
             loaded,

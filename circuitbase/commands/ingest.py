@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,7 +123,9 @@ def ingest_command(
         None, help="Model to attribute with ('smollm2', a model dir, a .gguf); with --graphs: expected name."
     ),
     transcoders: str | None = typer.Option(
-        None, help="Transcoder set directory; with --graphs: a directory or set name every graph must use."
+        None,
+        help="Transcoder set directory (default with PROMPTS: MODEL's own set, trained on first use); "
+        "with --graphs: a directory or set name every graph must use.",
     ),
     graphs_out: Path = typer.Option(Path("graphs"), help="Where attribution writes graph files."),
     device: Device = "auto",
@@ -185,14 +188,19 @@ def ingest_command(
                     driver, files, config=config, show_progress=progress, parameters={"graphs": str(graphs)}
                 )
         else:
+            from circuitbase.engine.default_transcoders import default_set_dir
             from circuitbase.engine.prompts import read_prompts
             from circuitbase.ingest.pipeline import ingest_prompts
 
-            if model is None or transcoders is None:
-                raise ValueError("attributing prompts needs --model and --transcoders")
+            if model is None:
+                raise ValueError("attributing prompts needs --model (and --transcoders, or its default set)")
             assert prompts is not None
             prompt_set = read_prompts(prompts, skip_bad=skip_bad)
-            loaded, transcoder_set = load_model_and_transcoders(model, Path(transcoders), device=device)
+            loaded, transcoder_set = load_model_and_transcoders(
+                model, None if transcoders is None else Path(transcoders), device=device
+            )
+            if transcoders is None:
+                config = replace(config, labels=labels_for(str(default_set_dir(loaded.name))))
             attribution = attribution_config(
                 batch_size=batch_size,
                 max_feature_nodes=max_feature_nodes,

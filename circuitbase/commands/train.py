@@ -19,9 +19,13 @@ toy_app = typer.Typer(
 def train_transcoders_command(
     model: str = typer.Option("smollm2", help="Model: 'smollm2', a local HF directory or a .gguf file."),
     corpus: Path | None = typer.Option(
-        None, help="Training text: a .jsonl/.txt file or a directory (default: text MODEL generates itself)."
+        None,
+        help="Training text: a .jsonl/.txt file or a directory (default: the Python standard library's "
+        "docstrings, see README).",
     ),
-    generate_texts: int = typer.Option(2000, help="Without --corpus: texts to generate (cached)."),
+    generate_texts: int = typer.Option(
+        0, help="Without --corpus: train on this many texts MODEL generates instead (cached; slow on CPU)."
+    ),
     out: Path = typer.Option(..., help="Directory for the transcoders, checkpoints and metrics.json."),
     kind: str = typer.Option("plt", help="plt (per-layer) or clt (cross-layer)."),
     activation: str = typer.Option("topk", help="topk, jumprelu or relu."),
@@ -65,7 +69,7 @@ def train_transcoders_command(
             name=out.name,
         )
         loaded = load_model(model, device=resolve_device(device))
-        corpus = corpus or _generated(loaded, generate_texts, context_length, seed)
+        corpus = corpus or _default_corpus(loaded, generate_texts, context_length, seed)
         metrics = train_transcoders(
             loaded.model,
             loaded.tokenizer,
@@ -82,12 +86,14 @@ def train_transcoders_command(
             _label(loaded, TranscoderSet.load(out, device=loaded.model.device), out, corpus, label_tokens)
 
 
-def _generated(loaded: Any, n_texts: int, length: int, seed: int) -> Path:
-    """The corpus MODEL generates itself (cached under the models folder's sibling `corpora`)."""
-    from circuitbase.engine.corpus import generated_corpus
-    from circuitbase.engine.models import models_dir
+def _default_corpus(loaded: Any, n_texts: int, length: int, seed: int) -> Path:
+    """Without n_texts: the standard library's docstrings; else n_texts texts MODEL generates (cached)."""
+    from circuitbase.engine.corpus import generated_corpus, python_docs_corpus
+    from circuitbase.engine.default_transcoders import corpus_path
 
-    path = models_dir().parent / "corpora" / f"{loaded.name}-generated-{n_texts}x{length}-seed{seed}.jsonl"
+    if n_texts <= 0:
+        return python_docs_corpus(corpus_path())
+    path = corpus_path().parent / f"{loaded.name}-generated-{n_texts}x{length}-seed{seed}.jsonl"
     console.print(f"generating {n_texts} texts with {loaded.name} into {path} (once)")
     return generated_corpus(loaded.model, loaded.tokenizer, path, n_texts=n_texts, length=length, seed=seed)
 
@@ -114,10 +120,12 @@ def label_features_command(
     model: str = typer.Option("smollm2", help="Model: 'smollm2', a local HF directory or a .gguf file."),
     transcoders: Path = typer.Option(..., help="Transcoder folder; feature_labels.json is written into it."),
     corpus: Path | None = typer.Option(
-        None, help="Text to label on: a .jsonl/.txt file or a directory (default: text MODEL generates)."
+        None, help="Text to label on: a .jsonl/.txt file or a directory (default: stdlib docstrings)."
     ),
     max_tokens: int = typer.Option(500_000, help="Corpus tokens to scan."),
-    generate_texts: int = typer.Option(2000, help="Without --corpus: texts to generate (cached)."),
+    generate_texts: int = typer.Option(
+        0, help="Without --corpus: label on this many texts MODEL generates itself instead (cached)."
+    ),
     context_length: int = typer.Option(128, help="Tokens per text (longer texts are truncated)."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda."),
 ) -> None:
@@ -132,7 +140,7 @@ def label_features_command(
             loaded,
             transcoder_set,
             transcoders,
-            corpus or _generated(loaded, generate_texts, context_length, 0),
+            corpus or _default_corpus(loaded, generate_texts, context_length, 0),
             max_tokens,
         )
 

@@ -46,6 +46,33 @@ def random_command(
         console.print(f"wrote {transcoders.save(out)}")
 
 
+@app.command("default")
+def default_command(
+    model: str = typer.Option("smollm2", help="Model: 'smollm2', a local HF directory or a .gguf file."),
+    device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda."),
+) -> None:
+    """Train (first time only), label and cache MODEL's default transcoder set; print its folder and quality.
+
+    `attribute`, `ingest` and `demo --model smollm2` do this themselves when no set is given."""
+    import json
+
+    from circuitbase.engine.default_transcoders import ensure_default_transcoders
+    from circuitbase.engine.models import load_model, resolve_device
+
+    with fail_on(console):
+        loaded = load_model(model, device=resolve_device(device))
+        folder = ensure_default_transcoders(loaded, progress=True, log=console.print)
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        fvu = [m["fvu"] for m in metrics["layers"]]
+        replacement = metrics["replacement"]
+        console.print(
+            f"{folder}\n{metrics['tokens']:,} training tokens at {metrics['tokens_per_second']:.0f} tokens/s "
+            f"on {metrics['device']}; FVU mean {sum(fvu) / len(fvu):.3f} "
+            f"(layers {min(fvu):.3f}-{max(fvu):.3f}), "
+            f"next-token loss +{replacement['loss_increase']:.3f} nats, KL {replacement['kl']:.3f}"
+        )
+
+
 @app.command("info")
 def info_command(path: Path = typer.Argument(..., help="Transcoder set directory.")) -> None:
     """Print a transcoder set's configuration."""
