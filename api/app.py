@@ -21,15 +21,19 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from graphql import DocumentNode, GraphQLError, specified_rules
 from strawberry.extensions import QueryDepthLimiter
 from strawberry.fastapi import GraphQLRouter
+from strawberry.types import ExecutionContext
 
-from circuitbase.api.auth import READ_ACCESS, access_checker, presented_key, verify_key
+from circuitbase.api.auth import READ_ACCESS, Caller, access_errors, presented_key, verify_key
+from circuitbase.api.cache import ResultCache
 from circuitbase.api.errors import ErrorCodes
 from circuitbase.api.jobs import IngestSettings, JobRunner
-from circuitbase.api.limits import Limits, complexity_limiter
+from circuitbase.api.limits import Limits, complexity_errors
 from circuitbase.api.repository import Repository, TimedDriver
 from circuitbase.api.schema import Context, Mutation, Query
+from circuitbase.api.validation import cached_preparation
 
 READ_ACCESS_ENV = "CIRCUITBASE_API_READ_ACCESS"
 CORS_ENV = "CIRCUITBASE_API_CORS_ORIGINS"
@@ -71,15 +75,25 @@ class ApiConfig:
 
 
 def build_schema(config: ApiConfig) -> strawberry.Schema:
-    """The schema with the depth, complexity, access and error-code extensions."""
+    """The schema with its validation (the spec's rules and the depth limit, cached per query text; the
+    complexity and access checks, per request: `cached_preparation`) and the error-code extension."""
     limits = config.limits
+
+    def complexity(context: ExecutionContext, document: DocumentNode) -> list[GraphQLError]:
+        return complexity_errors(
+            document, max_complexity=limits.max_complexity, variables=context.variables or {}
+        )
+
+    def access(context: ExecutionContext, document: DocumentNode) -> list[GraphQLError]:
+        caller = getattr(context.context, "caller", None) or Caller()
+        return access_errors(document, caller=caller, read_access=config.read_access)
+
+    depth = QueryDepthLimiter(max_depth=limits.max_depth).validation_rules  # made once: cacheable
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
         extensions=[
-            lambda: QueryDepthLimiter(max_depth=limits.max_depth),
-            complexity_limiter(limits),
-            access_checker(config.read_access),
+            cached_preparation(rules=(*specified_rules, *depth), checks=(complexity, access)),
             ErrorCodes,
         ],
     )
@@ -98,6 +112,7 @@ def create_app(*, config: ApiConfig | None = None, driver: neo4j.Driver | None =
         timed = TimedDriver(raw, timeout_s=config.limits.query_timeout_s)
         state["repo"] = Repository(timed, database=config.database)
         state["jobs"] = JobRunner(raw, database=config.database, ingest=config.ingest)
+        state["cache"] = ResultCache()
         try:
             yield
         finally:
@@ -108,8 +123,18 @@ def create_app(*, config: ApiConfig | None = None, driver: neo4j.Driver | None =
     async def context(request: Request) -> Context:
         repo: Repository = state["repo"]  # type: ignore[assignment]
         key = presented_key(request.headers)
-        caller = await to_thread.run_sync(lambda: verify_key(repo.driver, key, database=repo.database))
-        return Context(repo=repo, caller=caller, limits=config.limits, jobs=state["jobs"])  # type: ignore[arg-type]
+        caller = (
+            Caller()  # no key: nothing to look up
+            if key is None
+            else await to_thread.run_sync(lambda: verify_key(repo.driver, key, database=repo.database))
+        )
+        return Context(
+            repo=repo,
+            caller=caller,
+            limits=config.limits,
+            jobs=state["jobs"],  # type: ignore[arg-type]
+            cache=state["cache"],  # type: ignore[arg-type]
+        )
 
     app = FastAPI(
         title="circuitbase",

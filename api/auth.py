@@ -4,8 +4,8 @@
    stored (`ApiKey {id, name, salt, hash, created, revoked}`); the secret is shown once, at creation.
 2. A request presents the key as `Authorization: Bearer <key>` or `X-API-Key: <key>`; it is checked by
    id, then the HMAC is compared in constant time. Revoked keys fail.
-3. `AccessRule` (a validation rule) refuses mutations without a valid key and, when reads need a key,
-   queries too (introspection alone stays open so GraphiQL and schema tools work).
+3. `access_errors` (checked with validation) refuses mutations without a valid key and, when reads need
+   a key, queries too (introspection alone stays open so GraphiQL and schema tools work).
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import neo4j
-from graphql import FieldNode, GraphQLError, OperationDefinitionNode, OperationType, ValidationRule
-from strawberry.extensions import SchemaExtension
+from graphql import DocumentNode, FieldNode, GraphQLError, OperationDefinitionNode, OperationType
 
 from circuitbase.api.errors import UNAUTHENTICATED
 
@@ -121,37 +119,24 @@ def _introspection_only(operation: OperationDefinitionNode) -> bool:
     )
 
 
-def access_rule(caller: Caller, *, read_access: str) -> type[ValidationRule]:
-    """A validation rule refusing operations `caller` may not run (module docstring, step 3)."""
-
-    class AccessRule(ValidationRule):
-        def enter_operation_definition(self, node: OperationDefinitionNode, *_args: Any) -> None:
-            if caller.authenticated:
-                return
-            mutation = node.operation == OperationType.MUTATION
-            if not mutation and (read_access == "open" or _introspection_only(node)):
-                return
-            why = "the API key is invalid or revoked" if caller.rejected else "no API key was given"
-            what = "mutations need" if mutation else "this server needs, for reads too,"
-            self.report_error(
-                GraphQLError(
-                    f"{what} an API key (Authorization: Bearer <key>); {why}",
-                    node,
-                    extensions={"code": UNAUTHENTICATED},
-                )
+def access_errors(document: DocumentNode, *, caller: Caller, read_access: str) -> list[GraphQLError]:
+    """UNAUTHENTICATED for each operation of `document` that `caller` may not run (module docstring, 3)."""
+    if caller.authenticated:
+        return []
+    errors = []
+    for node in document.definitions:
+        if not isinstance(node, OperationDefinitionNode):
+            continue
+        mutation = node.operation == OperationType.MUTATION
+        if not mutation and (read_access == "open" or _introspection_only(node)):
+            continue
+        why = "the API key is invalid or revoked" if caller.rejected else "no API key was given"
+        what = "mutations need" if mutation else "this server needs, for reads too,"
+        errors.append(
+            GraphQLError(
+                f"{what} an API key (Authorization: Bearer <key>); {why}",
+                node,
+                extensions={"code": UNAUTHENTICATED},
             )
-
-    return AccessRule
-
-
-def access_checker(read_access: str) -> Callable[[], SchemaExtension]:
-    """A schema extension factory adding the access rule for the request's caller (from the context)."""
-
-    class AccessChecker(SchemaExtension):
-        def on_operation(self) -> Iterator[None]:
-            caller = getattr(self.execution_context.context, "caller", None) or Caller()
-            rule = access_rule(caller, read_access=read_access)
-            self.execution_context.validation_rules = (*self.execution_context.validation_rules, rule)
-            yield
-
-    return AccessChecker
+        )
+    return errors

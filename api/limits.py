@@ -9,11 +9,11 @@ Complexity of an operation (checked before execution, with the request's variabl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -22,10 +22,8 @@ from graphql import (
     IntValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
-    ValidationRule,
     VariableNode,
 )
-from strawberry.extensions import SchemaExtension
 
 from circuitbase.api.errors import BAD_USER_INPUT, QUERY_TOO_COMPLEX, ApiError
 
@@ -94,37 +92,23 @@ def complexity(
     return total
 
 
-def complexity_rule(max_complexity: int, variables: dict[str, Any]) -> type[ValidationRule]:
-    """A validation rule refusing operations that cost more than `max_complexity`."""
-
-    class ComplexityRule(ValidationRule):
-        def enter_document(self, node: Any, *_args: Any) -> None:
-            fragments = {d.name.value: d for d in node.definitions if isinstance(d, FragmentDefinitionNode)}
-            for definition in node.definitions:
-                if not isinstance(definition, OperationDefinitionNode):
-                    continue
-                cost = complexity(definition.selection_set, fragments=fragments, variables=variables)
-                if cost > max_complexity:
-                    self.report_error(
-                        GraphQLError(
-                            f"query complexity {cost:,} exceeds the limit of {max_complexity:,}; "
-                            "ask for smaller pages (first/limit/topK) or fewer nested lists",
-                            definition,
-                            extensions={"code": QUERY_TOO_COMPLEX},
-                        )
-                    )
-
-    return ComplexityRule
-
-
-def complexity_limiter(limits: Limits) -> Callable[[], SchemaExtension]:
-    """A schema extension factory adding the complexity rule, with each request's variables."""
-
-    class ComplexityLimiter(SchemaExtension):
-        def on_operation(self) -> Iterator[None]:
-            variables = self.execution_context.variables or {}
-            rule = complexity_rule(limits.max_complexity, variables)
-            self.execution_context.validation_rules = (*self.execution_context.validation_rules, rule)
-            yield
-
-    return ComplexityLimiter
+def complexity_errors(
+    document: DocumentNode, *, max_complexity: int, variables: dict[str, Any]
+) -> list[GraphQLError]:
+    """QUERY_TOO_COMPLEX for each operation of `document` that costs more than `max_complexity`."""
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    errors = []
+    for definition in document.definitions:
+        if not isinstance(definition, OperationDefinitionNode):
+            continue
+        cost = complexity(definition.selection_set, fragments=fragments, variables=variables)
+        if cost > max_complexity:
+            errors.append(
+                GraphQLError(
+                    f"query complexity {cost:,} exceeds the limit of {max_complexity:,}; "
+                    "ask for smaller pages (first/limit/topK) or fewer nested lists",
+                    definition,
+                    extensions={"code": QUERY_TOO_COMPLEX},
+                )
+            )
+    return errors

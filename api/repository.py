@@ -1,11 +1,18 @@
 """Every Cypher read and write of the API: parameterised, batched over keys, bounded in time.
 
-1. `TimedDriver` wraps the Neo4j driver so every `execute_query` (the API's own and those of the analysis
-   package it calls) runs with the transaction timeout; reads go to readers.
+1. `TimedDriver` wraps the Neo4j driver so every query (the API's own and those of the analysis package
+   it calls) runs with the transaction timeout; reads go to readers. The API's own reads run as auto-commit
+   queries: one round trip, where a managed transaction adds BEGIN and COMMIT (they share the driver's
+   bookmarks, so a read still sees the writes before it).
 2. Reads take lists of keys (one round trip for a whole DataLoader batch). Queries of the library
    (`cypher/*.cypher`) that take one key run for many keys at once as a CALL subquery per key.
 3. List queries page by keyset (`ORDER BY id`, `WHERE id > $after`), fetching one row more than asked to
    tell whether a next page exists.
+4. Batched lookups return few records: the driver's cost is per record (a graph view has thousands of rows),
+   so a lookup by key collects what it finds into one list (`rows`), and a lookup of lists per key returns
+   one record per key holding that key's list (`key`, `rows`).
+5. Rows come back as the driver decodes them (maps, lists, numbers, strings): queries project properties,
+   never return nodes, so no per-value conversion is needed.
 """
 
 from __future__ import annotations
@@ -32,6 +39,15 @@ class TimedDriver:
         if not isinstance(query, neo4j.Query):
             query = neo4j.Query(query, timeout=self.timeout_s)
         return self.driver.execute_query(query, parameters, **kwargs)
+
+    def read(self, query: str, parameters: dict[str, Any], *, database: str) -> list[neo4j.Record]:
+        """Run a read-only query as an auto-commit transaction (module docstring, step 1)."""
+        with self.driver.session(
+            database=database,
+            default_access_mode=neo4j.READ_ACCESS,
+            bookmark_manager=self.driver.execute_query_bookmark_manager,
+        ) as session:
+            return list(session.run(neo4j.Query(query, timeout=self.timeout_s), parameters))
 
     def session(self, **kwargs: Any) -> neo4j.Session:
         """A plain session (for the analysis jobs, whose GDS calls may run long)."""
@@ -67,7 +83,8 @@ AND ($set IS NULL OR g.transcoder_set = $set)
 AND ($feature IS NULL OR EXISTS {
   MATCH (:Feature {key: $feature})<-[:INSTANCE_OF]-(:FeatureNode)-[:IN_GRAPH]->(g) })
 """
-_GRAPH_FIELDS = "g {.*, prompt_text: p.text} AS g"
+_GRAPH_MAP = "g {.*, prompt_text: p.text}"
+_GRAPH_FIELDS = f"{_GRAPH_MAP} AS g"
 _GRAPHS_PAGE = f"""
 MATCH (g:Graph)-[:OF_PROMPT]->(p:Prompt)
 WHERE g.complete = true AND ($after IS NULL OR g.id > $after) AND {_GRAPH_MATCH}
@@ -91,39 +108,53 @@ ORDER BY p.id
 LIMIT $limit
 """
 _GRAPHS_BY_ID = f"""
-UNWIND $ids AS id
-MATCH (g:Graph {{id: id}})-[:OF_PROMPT]->(p:Prompt)
+UNWIND $keys AS key
+MATCH (g:Graph {{id: key}})-[:OF_PROMPT]->(p:Prompt)
 WHERE g.complete = true
-RETURN {_GRAPH_FIELDS}
+RETURN collect({_GRAPH_MAP}) AS rows
 """
 _GRAPHS_OF_PROMPTS = f"""
-UNWIND $ids AS id
-MATCH (g:Graph)-[:OF_PROMPT]->(p:Prompt {{id: id}})
-WHERE g.complete = true
-RETURN {_GRAPH_FIELDS}
-ORDER BY g.id
+UNWIND $keys AS key
+CALL (key) {{
+  MATCH (g:Graph)-[:OF_PROMPT]->(p:Prompt {{id: key}})
+  WHERE g.complete = true
+  WITH g, p ORDER BY g.id
+  RETURN collect({_GRAPH_MAP}) AS rows
+}}
+RETURN key, rows
 """
-_PROMPTS_BY_ID = "UNWIND $ids AS id MATCH (p:Prompt {id: id}) RETURN p {.*} AS p"
-_FEATURES_BY_KEY = "UNWIND $keys AS key MATCH (f:Feature {key: key}) RETURN f {.*} AS f"
-_TOKENS_BY_KEY = "UNWIND $keys AS key MATCH (t:Token {key: key}) RETURN t {.*} AS t"
+_PROMPTS_BY_ID = "UNWIND $keys AS key MATCH (p:Prompt {id: key}) RETURN collect(p {.*}) AS rows"
+_FEATURE_FIELDS = (  # those of the Feature type (not the label's source and time)
+    ".key, .set, .layer, .index, .label, .density, .top_contexts, .promoted_tokens, .community, .pagerank, "
+    ".betweenness"
+)
+_FEATURES_BY_KEY = (
+    f"UNWIND $keys AS key MATCH (f:Feature {{key: key}}) RETURN collect(f {{{_FEATURE_FIELDS}}}) AS rows"
+)
+_TOKENS_BY_KEY = "UNWIND $keys AS key MATCH (t:Token {key: key}) RETURN collect(t {.*}) AS rows"
 _KEPT = "(n.influence >= $min_influence OR n:TokenNode OR n:LogitNode)"
 _NODES = f"""
-UNWIND $ids AS id
-MATCH (n:GraphNode {{graph: id}})
-WHERE {_KEPT}
-RETURN id, n {{.*, kind: [l IN labels(n) WHERE l <> 'GraphNode'][0]}} AS n
-ORDER BY id, n.idx
+UNWIND $keys AS key
+CALL (key) {{
+  MATCH (n:GraphNode {{graph: key}})
+  WHERE {_KEPT}
+  WITH n ORDER BY n.idx
+  RETURN collect(n {{.node, .layer, .position, .influence, .activation, .feature, .token_id, .probability,
+                     kind: [l IN labels(n) WHERE l <> 'GraphNode'][0]}}) AS rows
+}}
+RETURN key, rows
 """
 _EDGES = """
-UNWIND $ids AS id
-CALL (id) {{
-  MATCH (a:GraphNode {{graph: id}})-[e:EDGE]->(b:GraphNode)
+UNWIND $keys AS key
+CALL (key) {{
+  MATCH (a:GraphNode {{graph: key}})-[e:EDGE]->(b)
   WHERE abs(e.weight) >= $min_abs_weight {nodes}
-  RETURN a.node AS source, b.node AS target, e.weight AS weight
-  ORDER BY abs(e.weight) DESC, source, target
+  WITH a.node AS source, b.node AS target, e.weight AS weight
+  ORDER BY abs(weight) DESC, source, target
   LIMIT $top_k
+  RETURN collect({{source: source, target: target, weight: weight}}) AS rows
 }}
-RETURN id, source, target, weight
+RETURN key, rows
 """
 _EDGE_NODES = """
     AND (a.influence >= $min_influence OR a:TokenNode OR a:LogitNode)
@@ -135,22 +166,26 @@ RETURN s {.*} AS s
 ORDER BY s.rank
 LIMIT $limit
 """
-_SUBCIRCUITS_BY_KEY = "UNWIND $keys AS key MATCH (s:Subcircuit {key: key}) RETURN s {.*} AS s"
+_SUBCIRCUITS_BY_KEY = "UNWIND $keys AS key MATCH (s:Subcircuit {key: key}) RETURN collect(s {.*}) AS rows"
 _OCCURRENCES = """
 UNWIND $keys AS key
 CALL (key) {
   MATCH (:Subcircuit {key: key})-[o:OCCURS_IN]->(g:Graph)
-  RETURN g.id AS graph, o.weight AS weight, o.influence AS influence
-  ORDER BY abs(o.weight) DESC, graph
+  WITH g.id AS graph, o.weight AS weight, o.influence AS influence
+  ORDER BY abs(weight) DESC, graph
   LIMIT $limit
+  RETURN collect({graph: graph, weight: weight, influence: influence}) AS rows
 }
-RETURN key, graph, weight, influence
+RETURN key, rows
 """
 _SUBCIRCUITS_OF_GRAPHS = """
-UNWIND $ids AS id
-MATCH (s:Subcircuit)-[o:OCCURS_IN]->(:Graph {id: id})
-RETURN id, s {.*} AS s, o.weight AS weight, o.influence AS influence
-ORDER BY id, s.rank
+UNWIND $keys AS key
+CALL (key) {
+  MATCH (s:Subcircuit)-[o:OCCURS_IN]->(:Graph {id: key})
+  WITH s, o ORDER BY s.rank
+  RETURN collect({s: s {.*}, weight: o.weight, influence: o.influence}) AS rows
+}
+RETURN key, rows
 """
 _SUPERNODES = """
 MATCH (s:Supernode)
@@ -160,20 +195,41 @@ LIMIT $limit
 """
 _SUPERNODES_OF = """
 UNWIND $keys AS key
-MATCH (s:Supernode)-[:HAS_MEMBER]->({key: key})
-RETURN key, s {.*} AS s
-ORDER BY key, s.key
+CALL (key) {
+  MATCH (s:Supernode)-[:HAS_MEMBER]->(:Feature {key: key})
+  WITH s ORDER BY s.key
+  RETURN collect(s {.*}) AS rows
+}
+RETURN key, rows
 """
 _MEMBERS = """
 UNWIND $keys AS key
-MATCH (:Supernode {key: key})-[:HAS_MEMBER]->(m)
-RETURN key, m.key AS member
-ORDER BY key, member
+CALL (key) {
+  MATCH (:Supernode {key: key})-[:HAS_MEMBER]->(m)
+  WITH m.key AS member ORDER BY member
+  RETURN collect(member) AS rows
+}
+RETURN key, rows
 """
-_COMPARE_GRAPHS = """
-UNWIND $ids AS id
-MATCH (n:FeatureNode {graph: id})-[:INSTANCE_OF]->(f:Feature)
-RETURN id, f.key AS feature, max(n.influence) AS influence, max(n.activation) AS activation
+_FEATURE_PRESENCE = """
+UNWIND $keys AS key
+CALL (key) {
+  MATCH (n:FeatureNode {graph: key})-[:INSTANCE_OF]->(f:Feature)
+  WITH f.key AS feature, max(n.influence) AS influence, max(n.activation) AS activation
+  RETURN collect({feature: feature, influence: influence, activation: activation}) AS rows
+}
+RETURN key, rows
+"""
+_STATE = """
+CALL () { MATCH (g:Graph) RETURN count(g) AS graphs }
+CALL () { MATCH (n:GraphNode) RETURN count(n) AS nodes }
+CALL () { MATCH ()-[e:EDGE]->() RETURN count(e) AS edges }
+CALL () {
+  MATCH (r:AnalysisRun)
+  WITH r ORDER BY r.id
+  RETURN collect([r.id, r.status, toString(r.started), toString(r.finished)]) AS runs
+}
+RETURN graphs, nodes, edges, runs
 """
 _MODELS = """
 MATCH (m:Model)
@@ -238,14 +294,22 @@ class Repository:
         self.driver, self.database = driver, database
 
     def read(self, query: str, **params: Any) -> list[dict[str, Any]]:
-        records, _, _ = self.driver.execute_query(
-            query, params, database_=self.database, routing_=neo4j.RoutingControl.READ
-        )
-        return [record.data() for record in records]
+        records = self.driver.read(query, params, database=self.database)
+        return [dict(zip(record.keys(), record.values(), strict=True)) for record in records]
 
     def write(self, query: str, **params: Any) -> list[dict[str, Any]]:
         records, _, _ = self.driver.execute_query(query, params, database_=self.database)
-        return [record.data() for record in records]
+        return [dict(zip(record.keys(), record.values(), strict=True)) for record in records]
+
+    def by_key(self, query: str, keys: Sequence[str], *, field: str = "key") -> dict[str, dict]:
+        """Rows of a lookup by key (module docstring, step 4) by their `field`."""
+        return {row[field]: row for row in self.read(query, keys=list(keys))[0]["rows"]}
+
+    def grouped(self, query: str, keys: Sequence[Any], **params: Any) -> dict[Any, list]:
+        """Lists of a lookup of lists per key (module docstring, step 4); a key without rows gets []."""
+        out: dict[Any, list] = {k: [] for k in keys}
+        out.update((r["key"], r["rows"]) for r in self.read(query, keys=list(keys), **params))
+        return out
 
     def library_batch(self, name: str, key_param: str, keys: Sequence[str], **params: Any) -> list[dict]:
         """Run library query `name` (one `$key_param`) for every key in one round trip; rows gain `_key`."""
@@ -292,72 +356,53 @@ class Repository:
 
     # ---- batched lookups (DataLoaders) ----
     def graphs_by_id(self, ids: Sequence[str]) -> dict[str, dict]:
-        return {r["g"]["id"]: r["g"] for r in self.read(_GRAPHS_BY_ID, ids=list(ids))}
+        return self.by_key(_GRAPHS_BY_ID, ids, field="id")
 
     def graphs_of_prompts(self, ids: Sequence[str]) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {i: [] for i in ids}
-        for r in self.read(_GRAPHS_OF_PROMPTS, ids=list(ids)):
-            out[r["g"]["prompt"]].append(r["g"])
-        return out
+        return self.grouped(_GRAPHS_OF_PROMPTS, ids)
 
     def prompts_by_id(self, ids: Sequence[str]) -> dict[str, dict]:
-        return {r["p"]["id"]: r["p"] for r in self.read(_PROMPTS_BY_ID, ids=list(ids))}
+        return self.by_key(_PROMPTS_BY_ID, ids, field="id")
 
     def features_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
-        return {r["f"]["key"]: r["f"] for r in self.read(_FEATURES_BY_KEY, keys=list(keys))}
+        return self.by_key(_FEATURES_BY_KEY, keys)
 
     def tokens_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
-        return {r["t"]["key"]: r["t"] for r in self.read(_TOKENS_BY_KEY, keys=list(keys))}
+        return self.by_key(_TOKENS_BY_KEY, keys)
 
     def subcircuits_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
-        return {r["s"]["key"]: r["s"] for r in self.read(_SUBCIRCUITS_BY_KEY, keys=list(keys))}
+        return self.by_key(_SUBCIRCUITS_BY_KEY, keys)
 
     def graph_nodes(self, ids: Sequence[str], *, min_influence: float) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {i: [] for i in ids}
-        for r in self.read(_NODES, ids=list(ids), min_influence=min_influence):
-            out[r["id"]].append(r["n"])
-        return out
+        """Kept nodes per graph, by `idx`; `kind` is the node's kind label."""
+        return self.grouped(_NODES, ids, min_influence=min_influence)
 
     def graph_edges(
         self, ids: Sequence[str], *, min_influence: float, min_abs_weight: float, top_k: int
     ) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {i: [] for i in ids}
+        """The `top_k` strongest edges (source, target, weight) per graph between kept nodes."""
         # influence is >= 0 by construction, so a bound <= 0 keeps every node: skip the per-edge node checks
         query = _EDGES.format(nodes=_EDGE_NODES if min_influence > 0 else "")
-        rows = self.read(
-            query, ids=list(ids), min_influence=min_influence, min_abs_weight=min_abs_weight, top_k=top_k
+        return self.grouped(
+            query, ids, min_influence=min_influence, min_abs_weight=min_abs_weight, top_k=top_k
         )
-        for r in rows:
-            out[r.pop("id")].append(r)
-        return out
 
     def occurrences(self, keys: Sequence[str], *, limit: int) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {k: [] for k in keys}
-        for r in self.read(_OCCURRENCES, keys=list(keys), limit=limit):
-            out[r.pop("key")].append(r)
-        return out
+        return self.grouped(_OCCURRENCES, keys, limit=limit)
 
     def subcircuits_of_graphs(self, ids: Sequence[str]) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {i: [] for i in ids}
-        for r in self.read(_SUBCIRCUITS_OF_GRAPHS, ids=list(ids)):
-            out[r.pop("id")].append(r)
-        return out
+        return self.grouped(_SUBCIRCUITS_OF_GRAPHS, ids)
 
     def supernodes_of(self, keys: Sequence[str]) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {k: [] for k in keys}
-        for r in self.read(_SUPERNODES_OF, keys=list(keys)):
-            out[r["key"]].append(r["s"])
-        return out
+        """The supernodes each Feature (by key) belongs to (an index seek, not a scan of all members)."""
+        return self.grouped(_SUPERNODES_OF, keys)
 
     def supernode_members(self, keys: Sequence[str]) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {k: [] for k in keys}
-        for r in self.read(_MEMBERS, keys=list(keys)):
-            out[r["key"]].append(r["member"])
-        return out
+        return self.grouped(_MEMBERS, keys)
 
-    def feature_presence(self, graph_ids: Sequence[str]) -> list[dict]:
-        """(graph, feature, largest influence, largest activation) for every feature the graphs keep."""
-        return self.read(_COMPARE_GRAPHS, ids=list(graph_ids))
+    def feature_presence(self, graph_ids: Sequence[str]) -> dict[str, list[dict]]:
+        """Per graph: (feature, largest influence, largest activation) of every feature it keeps."""
+        return self.grouped(_FEATURE_PRESENCE, graph_ids)
 
     # ---- writes ----
     def label_feature(self, key: str, label: str, *, source: str) -> dict | None:
@@ -372,6 +417,16 @@ class Repository:
             _DEFINE_SUPERNODE, key=key, name=name, description=description, features=list(features)
         )
         return rows[0]["s"]
+
+    def state_token(self) -> tuple | None:
+        """What cached results (`circuitbase.api.cache`) depend on: the numbers of graphs, graph nodes and
+        graph edges (from the count store: no scan) and each AnalysisRun's status and times; None while a
+        step runs. Ingest adds each graph in one transaction, and each analysis step marks its run running
+        before it rewrites its results and finished after, so both change the token."""
+        row = self.read(_STATE)[0]
+        if any(status == "running" for _, status, _, _ in row["runs"]):
+            return None
+        return row["graphs"], row["nodes"], row["edges"], tuple(tuple(run) for run in row["runs"])
 
     def ping(self) -> bool:
         return self.read("RETURN 1 AS ok")[0]["ok"] == 1

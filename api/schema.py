@@ -8,26 +8,29 @@ Mutations need an API key (`circuitbase.api.auth`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import enum
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 import strawberry
 from anyio import to_thread
 from strawberry.fastapi import BaseContext
+from strawberry.types.nodes import SelectedField, Selection
 
 from circuitbase.analysis.compare import Comparison, Split, compare
 from circuitbase.analysis.gds import AnalysisError
 from circuitbase.analysis.queries import run_query
 from circuitbase.analysis.run import STEPS
 from circuitbase.api.auth import Caller
+from circuitbase.api.cache import ResultCache
 from circuitbase.api.errors import BAD_USER_INPUT, NOT_FOUND, ApiError
 from circuitbase.api.jobs import JobError, JobRunner, JobState
 from circuitbase.api.limits import Limits, page_size
-from circuitbase.api.loaders import Loaders
+from circuitbase.api.loaders import Compute, Loaders
 from circuitbase.api.repository import GraphFilter, Repository
 from circuitbase.ingest.model import feature_key, token_key
 
@@ -35,16 +38,34 @@ T = TypeVar("T")
 
 
 class Context(BaseContext):
-    """What resolvers get as `info.context`: the repository, loaders, caller, limits and job runner."""
+    """What resolvers get as `info.context`: the repository, loaders, caller, limits, job runner and the
+    server's result cache."""
 
-    def __init__(self, *, repo: Repository, caller: Caller, limits: Limits, jobs: JobRunner) -> None:
+    def __init__(
+        self, *, repo: Repository, caller: Caller, limits: Limits, jobs: JobRunner, cache: ResultCache
+    ) -> None:
         super().__init__()
-        self.repo, self.caller, self.limits, self.jobs = repo, caller, limits, jobs
-        self.loaders = Loaders(repo)
+        self.repo, self.caller, self.limits, self.jobs, self.cache = repo, caller, limits, jobs, cache
+        self.loaders = Loaders(repo, cached=self.cached_many)
+        self._state: asyncio.Future[Hashable | None] | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking repository call on a worker thread."""
         return await to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()` (blocking, read-only) through the result cache (`ResultCache.get`)."""
+        return await self.cache.get(key, compute, state=await self._state_token())
+
+    async def cached_many(self, keys: Sequence[Hashable], compute: Compute) -> list[Any]:
+        """Results for `keys` through the result cache (`ResultCache.get_many`)."""
+        return await self.cache.get_many(keys, compute, state=await self._state_token())
+
+    async def _state_token(self) -> Hashable | None:
+        """The database state this request read before its first cached call (one query per request)."""
+        if self._state is None:
+            self._state = asyncio.ensure_future(self.call(self.repo.state_token))
+        return await self._state
 
 
 Info = strawberry.Info[Context, None]
@@ -254,6 +275,9 @@ class NodeKind(enum.Enum):
     LOGIT = "LogitNode"
 
 
+_TOKEN_KINDS = (NodeKind.TOKEN, NodeKind.LOGIT)
+
+
 @strawberry.type(description="A kept node of one graph; `node` is the Neuronpedia node id.")
 class GraphNode:
     node: strawberry.ID
@@ -266,17 +290,28 @@ class GraphNode:
     token_id: int | None
     probability: float | None
     ref: strawberry.Private[str | None]
+    feature: Feature | None = strawberry.field(
+        default=None, description="The global feature of a feature node."
+    )
+    token: Token | None = strawberry.field(
+        default=None, description="The vocabulary item of a token or logit node."
+    )
 
-    @strawberry.field(description="The global feature of a feature node.")
-    async def feature(self, info: Info) -> Feature | None:
-        return await _feature(info, self.ref if self.kind == NodeKind.FEATURE else None)
 
-    @strawberry.field(description="The vocabulary item of a token or logit node.")
-    async def token(self, info: Info) -> Token | None:
-        if self.kind not in (NodeKind.TOKEN, NodeKind.LOGIT) or self.ref is None:
-            return None
-        row = await _ctx(info).loaders.token.load(self.ref)
-        return Token.of(row) if row else None
+def _refs(nodes: list[GraphNode], kinds: tuple[NodeKind, ...]) -> list[str]:
+    """The distinct global keys of the `nodes` of `kinds`."""
+    return list(dict.fromkeys(n.ref for n in nodes if n.kind in kinds and n.ref))
+
+
+def _asks_for(info: Info, name: str) -> bool:
+    """Whether the items of the list being resolved select field `name` (directly or in a fragment)."""
+
+    def found(selections: Sequence[Selection]) -> bool:
+        return any(
+            s.name == name if isinstance(s, SelectedField) else found(s.selections) for s in selections
+        )
+
+    return any(found(field.selections) for field in info.selected_fields)
 
 
 @strawberry.type(description="A kept edge: the direct effect of `source` on `target` (node ids).")
@@ -299,8 +334,21 @@ class GraphView:
         description="Feature and error nodes with influence >= minInfluence; all tokens and logits."
     )
     async def nodes(self, info: Info) -> list[GraphNode]:
-        rows = await _ctx(info).loaders.nodes.load((self.graph_id, self.min_influence))
-        return [self._node(r) for r in rows]
+        ctx = _ctx(info)
+        nodes = [self._node(r) for r in await ctx.loaders.nodes.load((self.graph_id, self.min_influence))]
+        # the nodes' features and tokens, if asked for, load here in one batch each (not one awaitable per
+        # node: a view has thousands of nodes)
+        features = _refs(nodes, (NodeKind.FEATURE,)) if _asks_for(info, "feature") else []
+        tokens = _refs(nodes, _TOKEN_KINDS) if _asks_for(info, "token") else []
+        found_features, found_tokens = await asyncio.gather(
+            ctx.loaders.feature.load_many(features), ctx.loaders.token.load_many(tokens)
+        )
+        feature_of = {k: Feature.of(r) for k, r in zip(features, found_features, strict=True) if r}
+        token_of = {k: Token.of(r) for k, r in zip(tokens, found_tokens, strict=True) if r}
+        for n in nodes:
+            n.feature = feature_of.get(n.ref) if n.kind == NodeKind.FEATURE else None
+            n.token = token_of.get(n.ref) if n.kind in _TOKEN_KINDS else None
+        return nodes
 
     @strawberry.field(
         description="The topK strongest edges with |weight| >= minAbsWeight between kept nodes."
@@ -314,7 +362,7 @@ class GraphView:
         ref = None
         if kind == NodeKind.FEATURE:
             ref = feature_key(self.transcoder_set, r["layer"], r["feature"])
-        elif kind in (NodeKind.TOKEN, NodeKind.LOGIT):
+        elif kind in _TOKEN_KINDS:
             ref = token_key(self.model, r["token_id"])
         return GraphNode(
             node=r["node"],
@@ -603,8 +651,11 @@ class GraphComparison:
     ) -> list[FeatureAcross]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         values: dict[str, dict[str, dict]] = {}
-        for r in await _ctx(info).call(_ctx(info).repo.feature_presence, self.graph_ids):
-            values.setdefault(r["feature"], {})[r["id"]] = r
+        for graph_id, rows in (
+            await _ctx(info).call(_ctx(info).repo.feature_presence, self.graph_ids)
+        ).items():
+            for r in rows:
+                values.setdefault(r["feature"], {})[graph_id] = r
         rows = _across(values, self.graph_ids, only)[:limit]
         return [
             FeatureAcross(
@@ -741,16 +792,18 @@ class SetComparison:
 
     @strawberry.field(description="Features seen on one side only, in >= minGraphs graphs.")
     async def unique_features(self, info: Info, limit: int = 25) -> list[UniqueFeature]:
-        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
-        repo = _ctx(info).repo
-        rows = await _ctx(info).call(
-            run_query,
-            repo.driver,
-            "features_unique",
-            database=repo.database,
-            min_graphs=self.min_graphs,
-            limit=limit,
-            **self.split.params(),
+        ctx = _ctx(info)
+        limit = page_size(limit, limits=ctx.limits, name="limit")
+        rows = await ctx.cached(
+            ("features_unique", self.split, self.min_graphs, limit),
+            lambda: run_query(
+                ctx.repo.driver,
+                "features_unique",
+                database=ctx.repo.database,
+                min_graphs=self.min_graphs,
+                limit=limit,
+                **self.split.params(),
+            ),
         )
         return [
             UniqueFeature(
@@ -1016,7 +1069,9 @@ class Query:
         found = await ctx.loaders.feature.load_many([r["feature"] for r in rows])
         return [Feature.of(f) for f in found if f]
 
-    @strawberry.field(description="Recurring subcircuits, best ranked (support, then influence) first.")
+    @strawberry.field(
+        description="Recurring subcircuits, best ranked first (support x mean influence, then support)."
+    )
     async def subcircuits(
         self, info: Info, min_support: int = 1, first: int = 20, after: str | None = None
     ) -> SubcircuitConnection:
@@ -1080,13 +1135,11 @@ class Query:
         ctx = _ctx(info)
         split, limit = _split(sides), page_size(limit, limits=ctx.limits, name="limit")
         try:
-            result = await ctx.call(
-                compare,
-                ctx.repo.driver,
-                split,
-                limit=limit,
-                min_graphs=min_graphs,
-                database=ctx.repo.database,
+            result = await ctx.cached(
+                ("compare", split, limit, min_graphs),
+                lambda: compare(
+                    ctx.repo.driver, split, limit=limit, min_graphs=min_graphs, database=ctx.repo.database
+                ),
             )
         except AnalysisError as exc:
             raise ApiError(BAD_USER_INPUT, str(exc)) from None

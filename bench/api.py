@@ -3,11 +3,13 @@
 Data (synthetic, from bench/ingest.py's generator, written with the real ingest writer): one graph of
 ~1,500 kept nodes and 20,000 edges, and two tagged sets of 50 smaller graphs (150 features, 1,500 edges).
 The bench starts `circuitbase serve` (uvicorn, one process) on loopback and times, per concurrency level,
-`--requests` requests or `--seconds` seconds, whichever ends first, of:
+`--requests` requests or `--seconds` seconds, whichever ends first (after one cold request, reported on
+its own), of:
   graph       the big graph's nodes (with feature labels) and its 5,000 strongest edges
   feature     a feature page: the feature, its 25 most influential graphs and 25 neighbours
   comparison  set A vs set B: ranked feature and subcircuit contrasts (25 each)
-It uses the server in CIRCUITBASE_NEO4J_URI (wiped: pass --wipe), else the local instance "bench".
+It uses the server in CIRCUITBASE_NEO4J_URI (wiped: pass --wipe), else the local instance "bench". The
+machine's load average is printed before and after: on a shared machine, other work inflates the figures.
 
     python bench/api.py                    # about 2 minutes on 2 CPU cores
 """
@@ -162,11 +164,14 @@ def main() -> None:
         else:
             raise SystemExit("the server did not become ready")
         variables = {"graph": {"id": graph_id}, "feature": {"key": feature}, "comparison": {}}
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before")
         print(
             f"{'query':<12}{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}"
         )
         for name, query in QUERIES.items():
-            run_level(f"{base}/graphql", query, variables[name], clients=1, requests=3, seconds=30)  # warm-up
+            # warm-up; its first request is the cold one (no cached results, like the first after a write)
+            first, _ = run_level(f"{base}/graphql", query, variables[name], clients=1, requests=3, seconds=30)
+            print(f"{name:<12}{'cold':>8}{1:>10}{first[0] * 1e3:>9.1f}")
             for clients in args.clients:
                 lat, wall = run_level(
                     f"{base}/graphql",
@@ -181,6 +186,7 @@ def main() -> None:
                     f"{name:<12}{clients:>8}{len(lat):>10}{q[49] * 1e3:>9.1f}{q[94] * 1e3:>9.1f}"
                     f"{q[98] * 1e3:>9.1f}{len(lat) / wall:>9.1f}"
                 )
+        print(f"load average {os.getloadavg()[0]:.1f} after")
     finally:
         if server is not None:
             server.terminate()

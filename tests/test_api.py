@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,13 +30,22 @@ class CountingDriver:
 
     def __init__(self, driver: neo4j.Driver) -> None:
         self.driver, self.queries = driver, 0
+        self.execute_query_bookmark_manager = driver.execute_query_bookmark_manager
 
     def execute_query(self, *args: Any, **kwargs: Any) -> Any:
         self.queries += 1
         return self.driver.execute_query(*args, **kwargs)
 
     def session(self, **kwargs: Any) -> neo4j.Session:
-        return self.driver.session(**kwargs)
+        session = self.driver.session(**kwargs)
+        run = session.run
+
+        def counted(*args: Any, **kwargs: Any) -> neo4j.Result:
+            self.queries += 1
+            return run(*args, **kwargs)
+
+        session.run = counted  # type: ignore[method-assign]
+        return session
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +138,23 @@ def test_pruning_levels_filter_nodes_and_edges(client: TestClient) -> None:
     assert len(out["pruned"]["edges"]) < len(out["all"]["edges"])
 
 
+def test_nodes_resolve_their_features_and_tokens_also_through_fragments(client: TestClient) -> None:
+    query = """query($id: ID!) { graph(id: $id) { view(minInfluence: -1) {
+        direct: nodes { kind feature { key } token { key } }
+        spread: nodes { ...Refs } } } }
+        fragment Refs on GraphNode { feature { key } ... on GraphNode { token { key } } }"""
+    view = data(client, query, id=graph_id("synthetic-set", "synthetic-0-0"))["graph"]["view"]
+    assert view["spread"] == [{"feature": n["feature"], "token": n["token"]} for n in view["direct"]]
+    rows = synthetic_graph(0, config=SYNTHETIC).nodes
+    for field, kinds in (
+        ("feature", {"FEATURE": "FeatureNode"}),
+        ("token", {"TOKEN": "TokenNode", "LOGIT": "LogitNode"}),
+    ):
+        assert all((n[field] is not None) == (n["kind"] in kinds) for n in view["direct"])
+        found = {n[field]["key"] for n in view["direct"] if n[field]}
+        assert found == {r["ref"] for kind in kinds.values() for r in rows[kind]}
+
+
 def test_graph_list_filters_and_pages(client: TestClient) -> None:
     query = """query($f: GraphFilterInput, $after: String) {
         graphs(filter: $f, first: 5, after: $after) { totalCount edges { cursor node { id correct } }
@@ -177,16 +204,16 @@ def test_feature_page_lists_its_graphs_and_neighbours(client: TestClient, graph_
     )
 
 
-def test_subcircuits_ranked_by_support(client: TestClient) -> None:
+def test_subcircuits_ranked_by_total_influence(client: TestClient) -> None:
     out = data(
         client,
-        """{ subcircuits(first: 10) { edges { node { key rank support edges { source target }
+        """{ subcircuits(first: 10) { edges { node { key rank support influence edges { source target }
                           occurrences(limit: 50) { graphId weight } } } } }""",
     )["subcircuits"]
     nodes = [e["node"] for e in out["edges"]]
     assert nodes and [n["rank"] for n in nodes] == sorted(n["rank"] for n in nodes)
-    supports = [n["support"] for n in nodes]
-    assert supports == sorted(supports, reverse=True)
+    totals = [n["support"] * n["influence"] for n in nodes]  # support x mean influence over occurrences
+    assert all(a >= b - 1e-9 for a, b in itertools.pairwise(totals))
     assert all(len(n["occurrences"]) == n["support"] for n in nodes)
     planted = {tuple(e) for c in SYNTHETIC.circuits for e in c.edges()}
     assert any({(e["source"], e["target"]) for e in n["edges"]} <= planted for n in nodes)

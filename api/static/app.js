@@ -2,7 +2,7 @@
 //   #/prompts?tag=&correct=          prompts with filters; a row opens its graph
 //   #/graph/<id>?minInfluence=&topK= the attribution graph, layered: tokens at the bottom, logits on top
 //   #/feature/<key>                  where a feature recurs, what drives it and what it drives
-//   #/subcircuits                    recurring subcircuits by support, with the prompts they occur in
+//   #/subcircuits                    recurring subcircuits by rank (total influence), with the prompts they occur in
 //   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side
 // When a view has rendered, #view gets data-ready=<view name> (tests wait on it).
 "use strict";
