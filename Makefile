@@ -10,7 +10,9 @@ BIN := $(VENV)/bin
 
 .PHONY: system-deps browser-deps setup demo test lint bench lock clean-venvs print-bin
 
-$(VENV)/.complete: requirements.lock
+# No prerequisite on requirements.lock's mtime: the folder name already carries the lock's hash, and a
+# fresh clone's files are all newer than any cached venv.
+$(VENV)/.complete:
 	@echo "creating $(VENV) (cached; rebuilt only when requirements.lock changes)"
 	rm -rf "$(VENV)"
 	$(PYTHON) -m venv "$(VENV)"
