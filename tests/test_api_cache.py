@@ -134,4 +134,5 @@ def test_misses_are_computed_once_per_state() -> None:
 
     assert asyncio.run(run()) == [[[2, 4], [4, 6]]] * 3
     # the second request of a pair finds key 2 pending; state "a" computes each key once, state "b" again
-    assert calls == [[1, 2], [3], [1, 2], [3]]
+    # (a pair's two batches run on worker threads, so they may be recorded in either order)
+    assert len(calls) == 4 and sorted(calls[:2]) == sorted(calls[2:]) == [[1, 2], [3]]
