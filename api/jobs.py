@@ -152,7 +152,8 @@ class JobRunner:
                 from circuitbase.commands.common import load_model_and_transcoders
 
                 assert self.ingest is not None
-                self._loaded = load_model_and_transcoders(
+                loaded, transcoders, _folder = load_model_and_transcoders(
                     self.ingest.model, self.ingest.transcoders, device=self.ingest.device
                 )
+                self._loaded = loaded, transcoders
             return self._loaded

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -55,8 +56,6 @@ def transcoders_home() -> Path:
 
 def corpus_path() -> Path:
     """The default corpus file, written once: `<cache>/corpora/python-docs-<python version>.jsonl`."""
-    import sys
-
     return cache_home() / "corpora" / f"{CORPUS_NAME}-py{sys.version_info[0]}{sys.version_info[1]}.jsonl"
 
 

@@ -46,7 +46,7 @@ def attribute_command(
 
     with fail_on(console):
         prompt_set = read_prompts(prompts, skip_bad=skip_bad)
-        loaded, transcoder_set = load_model_and_transcoders(model, transcoders, device=device)
+        loaded, transcoder_set, _folder = load_model_and_transcoders(model, transcoders, device=device)
         config = attribution_config(
             batch_size=batch_size,
             max_feature_nodes=max_feature_nodes,

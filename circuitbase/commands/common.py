@@ -32,9 +32,10 @@ def fail_on(console: Console) -> Iterator[None]:
 
 def load_model_and_transcoders(
     model: str, transcoders: Path | None, *, device: str
-) -> tuple[LoadedModel, TranscoderSet]:
-    """Load the model and its transcoder set on one device, checking that their shapes agree. Without
-    `transcoders`: the model's default set, trained and labelled on first use and cached after that."""
+) -> tuple[LoadedModel, TranscoderSet, Path]:
+    """Load the model and its transcoder set on one device, checking that their shapes agree; returns
+    them with the set's folder. Without `transcoders`: the model's default set, trained and labelled on
+    first use and cached after that."""
     from circuitbase.engine.models import load_model, resolve_device
     from circuitbase.engine.transcoders import TranscoderSet
 
@@ -48,7 +49,7 @@ def load_model_and_transcoders(
     transcoder_set.validate_for(
         n_layers=loaded.adapter.n_layers, d_model=loaded.adapter.d_model, model_name=loaded.name
     )
-    return loaded, transcoder_set
+    return loaded, transcoder_set, transcoders
 
 
 # Attribution options shared by `attribute` and `ingest`.

@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from circuitbase.commands.common import fail_on
+from circuitbase.commands.common import fail_on, load_model_and_transcoders
 
 if TYPE_CHECKING:
     import neo4j
@@ -83,19 +83,12 @@ def _write_prompts(path: Path, model: str, n: int) -> Path:
 
 def _model_and_transcoders(model: str) -> tuple[Any, Any, Path]:
     """The loaded model, its transcoder set and the set's folder (SmolLM2's is trained on first use)."""
-    from circuitbase.engine.default_transcoders import ensure_default_transcoders
-    from circuitbase.engine.models import load_model
     from circuitbase.engine.toy import shipped_paths
-    from circuitbase.engine.transcoders import TranscoderSet
 
-    if model == "toy":
-        model_dir, transcoder_dir = shipped_paths()
-        loaded = load_model(str(model_dir))
-    else:
-        loaded = load_model(model)
-        transcoder_dir = ensure_default_transcoders(loaded, progress=True, log=console.print)
-    console.print(f"  model {loaded.name}, transcoders {transcoder_dir}")
-    return loaded, TranscoderSet.load(transcoder_dir), transcoder_dir
+    model_dir, transcoder_dir = shipped_paths() if model == "toy" else (model, None)
+    loaded, transcoders, folder = load_model_and_transcoders(str(model_dir), transcoder_dir, device="cpu")
+    console.print(f"  model {loaded.name}, transcoders {folder}")
+    return loaded, transcoders, folder
 
 
 def _start_neo4j(instance: str) -> str:

@@ -188,7 +188,6 @@ def ingest_command(
                     driver, files, config=config, show_progress=progress, parameters={"graphs": str(graphs)}
                 )
         else:
-            from circuitbase.engine.default_transcoders import default_set_dir
             from circuitbase.engine.prompts import read_prompts
             from circuitbase.ingest.pipeline import ingest_prompts
 
@@ -196,11 +195,10 @@ def ingest_command(
                 raise ValueError("attributing prompts needs --model (and --transcoders, or its default set)")
             assert prompts is not None
             prompt_set = read_prompts(prompts, skip_bad=skip_bad)
-            loaded, transcoder_set = load_model_and_transcoders(
+            loaded, transcoder_set, folder = load_model_and_transcoders(
                 model, None if transcoders is None else Path(transcoders), device=device
             )
-            if transcoders is None:
-                config = replace(config, labels=labels_for(str(default_set_dir(loaded.name))))
+            config = replace(config, labels=labels_for(str(folder)))
             attribution = attribution_config(
                 batch_size=batch_size,
                 max_feature_nodes=max_feature_nodes,
