@@ -149,7 +149,7 @@ class JobRunner:
     def _model(self) -> tuple[Any, Any]:
         with self._lock:
             if self._loaded is None:
-                from circuitbase.commands.common import load_model_and_transcoders
+                from circuitbase.engine.loading import load_model_and_transcoders
 
                 assert self.ingest is not None
                 loaded, transcoders, _folder = load_model_and_transcoders(

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import enum
+import functools
 import json
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import strawberry
 from anyio import to_thread
 from strawberry.fastapi import BaseContext
+from strawberry.types.base import StrawberryOptional, get_object_definition
 from strawberry.types.nodes import SelectedField, Selection
 
 from circuitbase.analysis.compare import Comparison, Split, compare
@@ -75,6 +78,37 @@ def _ctx(info: Info) -> Context:
     return info.context
 
 
+# ---------------------------------------------------------------- rows
+
+
+@functools.cache
+def _row_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    """The fields of strawberry type `cls` without a default, each with whether it is nullable."""
+    nullable = {
+        f.python_name: isinstance(f.type, StrawberryOptional)
+        for f in get_object_definition(cls, strict=True).fields
+    }
+    return tuple(
+        (f.name, nullable.get(f.name, False))
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+
+
+def _from_row(
+    cls: type[T], row: Mapping[str, Any], given: Mapping[str, Any] | None = None, /, **keys: str
+) -> T:
+    """A `cls` with the `given` values, its other fields without a default read from `row` under their own
+    names or as renamed by `keys` (`row.get` for nullable fields)."""
+    given = given or {}
+    values = {
+        name: row.get(keys.get(name, name)) if nullable else row[keys.get(name, name)]
+        for name, nullable in _row_fields(cls)
+        if name not in given
+    }
+    return cls(**values, **given)
+
+
 # ---------------------------------------------------------------- cursors
 
 
@@ -125,7 +159,7 @@ class Token:
 
     @classmethod
     def of(cls, row: dict) -> Token:
-        return cls(key=row["key"], model=row["model"], token_id=row["id"], text=row.get("text"))
+        return _from_row(cls, row, token_id="id")
 
 
 @strawberry.type(description="A transcoder feature, shared by every graph that keeps an instance of it.")
@@ -144,19 +178,7 @@ class Feature:
 
     @classmethod
     def of(cls, row: dict) -> Feature:
-        return cls(
-            key=row["key"],
-            transcoder_set=row["set"],
-            layer=row["layer"],
-            index=row["index"],
-            label=row.get("label"),
-            density=row.get("density"),
-            top_contexts=row.get("top_contexts"),
-            promoted_tokens=row.get("promoted_tokens"),
-            community=row.get("community"),
-            pagerank=row.get("pagerank"),
-            betweenness=row.get("betweenness"),
-        )
+        return _from_row(cls, row, transcoder_set="set")
 
     @strawberry.field(
         description="Complete graphs keeping an instance of this feature, most influential first."
@@ -164,35 +186,13 @@ class Feature:
     async def graphs(self, info: Info, min_influence: float = 0.0, limit: int = 25) -> list[FeatureInGraph]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         rows = await _ctx(info).loaders.feature_graphs.load((self.key, min_influence, limit))
-        return [
-            FeatureInGraph(
-                graph_id=r["graph"],
-                prompt_id=r["prompt"],
-                text=r["text"],
-                correct=r["correct"],
-                influence=r["influence"],
-                activation=r["activation"],
-                positions=r["positions"],
-            )
-            for r in rows
-        ]
+        return [_from_row(FeatureInGraph, r, graph_id="graph", prompt_id="prompt") for r in rows]
 
     @strawberry.field(description="Neighbours in the aggregated graph (ATTRIBUTES), most frequent first.")
     async def neighbours(self, info: Info, min_graphs: int = 1, limit: int = 25) -> list[Neighbour]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         rows = await _ctx(info).loaders.neighbours.load((self.key, min_graphs, limit))
-        return [
-            Neighbour(
-                direction=r["direction"],
-                key=r["neighbour"],
-                kind=r["kind"],
-                graphs=r["graphs"],
-                sum=r["sum"],
-                sum_abs=r["sum_abs"],
-                max_abs=r["max_abs"],
-            )
-            for r in rows
-        ]
+        return [_from_row(Neighbour, r, key="neighbour") for r in rows]
 
     @strawberry.field(description="Supernodes (communities or named groups) this feature belongs to.")
     async def supernodes(self, info: Info) -> list[Supernode]:
@@ -253,14 +253,13 @@ class Prompt:
 
     @classmethod
     def of(cls, row: dict) -> Prompt:
-        return cls(
-            id=row["id"],
-            text=row.get("text", ""),
-            tokens=row.get("tokens") or [],
-            answer=row.get("answer"),
-            tags=row.get("tags") or [],
-            dataset=row.get("dataset") or "",
-        )
+        given = {
+            "text": row.get("text", ""),
+            "tokens": row.get("tokens") or [],
+            "tags": row.get("tags") or [],
+            "dataset": row.get("dataset") or "",
+        }
+        return _from_row(cls, row, given)
 
     @strawberry.field
     async def graphs(self, info: Info) -> list[Graph]:
@@ -364,18 +363,7 @@ class GraphView:
             ref = feature_key(self.transcoder_set, r["layer"], r["feature"])
         elif kind in _TOKEN_KINDS:
             ref = token_key(self.model, r["token_id"])
-        return GraphNode(
-            node=r["node"],
-            kind=kind,
-            layer=r["layer"],
-            position=r["position"],
-            influence=r.get("influence"),
-            activation=r.get("activation"),
-            feature_index=r.get("feature"),
-            token_id=r.get("token_id"),
-            probability=r.get("probability"),
-            ref=ref,
-        )
+        return _from_row(GraphNode, r, {"kind": kind, "ref": ref}, feature_index="feature")
 
 
 @strawberry.type(description="A graph similar to another (Jaccard similarity of their features).")
@@ -410,24 +398,12 @@ class Graph:
 
     @classmethod
     def of(cls, row: dict) -> Graph:
-        return cls(
-            id=row["id"],
-            model=row["model"],
-            transcoder_set=row["transcoder_set"],
-            prompt_id=row["prompt"],
-            prompt_text=row.get("prompt_text", ""),
-            replacement_score=row.get("replacement_score"),
-            completeness_score=row.get("completeness_score"),
-            top_token=row.get("top_token"),
-            correct=row.get("correct"),
-            node_threshold=row.get("node_threshold"),
-            edge_threshold=row.get("edge_threshold"),
-            n_nodes=row.get("n_nodes", 0),
-            n_edges=row.get("n_edges", 0),
-            n_nodes_full=row.get("n_nodes_full"),
-            n_edges_full=row.get("n_edges_full"),
-            format=row.get("format"),
-        )
+        given = {
+            "prompt_text": row.get("prompt_text", ""),
+            "n_nodes": row.get("n_nodes", 0),
+            "n_edges": row.get("n_edges", 0),
+        }
+        return _from_row(cls, row, given, prompt_id="prompt")
 
     @strawberry.field
     async def prompt(self, info: Info) -> Prompt | None:
@@ -459,17 +435,12 @@ class Graph:
     async def similar(self, info: Info, limit: int = 10) -> list[SimilarGraph]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         rows = await _ctx(info).loaders.similar.load((self.id, limit))
-        return [SimilarGraph(graph_id=r["graph"], text=r["text"], score=r["score"]) for r in rows]
+        return [_from_row(SimilarGraph, r, graph_id="graph") for r in rows]
 
     @strawberry.field(description="Recurring subcircuits occurring in this graph, best ranked first.")
     async def subcircuits(self, info: Info) -> list[SubcircuitOccurrence]:
         rows = await _ctx(info).loaders.subcircuits_of_graph.load(self.id)
-        return [
-            SubcircuitOccurrence(
-                graph_id=self.id, weight=r["weight"], influence=r["influence"], subcircuit_row=r["s"]
-            )
-            for r in rows
-        ]
+        return [_from_row(SubcircuitOccurrence, r, {"graph_id": self.id}, subcircuit_row="s") for r in rows]
 
 
 # ---------------------------------------------------------------- analysis results
@@ -497,31 +468,14 @@ class Subcircuit:
         edges = [
             SubcircuitEdge(source=s, target=t) for s, t in zip(row["sources"], row["targets"], strict=True)
         ]
-        return cls(
-            key=row["key"],
-            rank=row["rank"],
-            support=row["support"],
-            support_fraction=row["support_fraction"],
-            influence=row.get("influence"),
-            weight=row.get("weight"),
-            weight_abs=row.get("weight_abs"),
-            edges=edges,
-        )
+        return _from_row(cls, row, {"edges": edges})
 
     @strawberry.field(description="Graphs it occurs in, by |weight| there.")
     async def occurrences(self, info: Info, limit: int = 25) -> list[SubcircuitOccurrence]:
         limit = page_size(limit, limits=_ctx(info).limits, name="limit")
         rows = await _ctx(info).loaders.occurrences.load((self.key, limit))
-        return [
-            SubcircuitOccurrence(
-                graph_id=r["graph"],
-                weight=r["weight"],
-                influence=r["influence"],
-                subcircuit_row=None,
-                subcircuit_key=self.key,
-            )
-            for r in rows
-        ]
+        given = {"subcircuit_row": None, "subcircuit_key": self.key}
+        return [_from_row(SubcircuitOccurrence, r, given, graph_id="graph") for r in rows]
 
 
 @strawberry.type(
@@ -559,16 +513,7 @@ class Supernode:
 
     @classmethod
     def of(cls, row: dict) -> Supernode:
-        return cls(
-            key=row["key"],
-            name=row.get("name"),
-            description=row.get("description"),
-            algorithm=row.get("algorithm"),
-            community=row.get("community"),
-            size=row.get("size", 0),
-            n_features=row.get("features", 0),
-            internal_weight=row.get("internal_weight"),
-        )
+        return _from_row(cls, row, {"size": row.get("size", 0), "n_features": row.get("features", 0)})
 
     @strawberry.field(description="Keys of the member Features (and Tokens, for communities).")
     async def members(self, info: Info) -> list[strawberry.ID]:
@@ -637,6 +582,11 @@ def _across(values: dict[str, dict[str, dict]], columns: list[str], only: Presen
     return rows
 
 
+def _per_graph(row: dict, columns: list[str], *names: str) -> dict[str, list]:
+    """The values `names` of an `_across` row, each a list aligned to `columns` (null where absent)."""
+    return {n: [row["per_graph"].get(g, {}).get(n) for g in columns] for n in names}
+
+
 @strawberry.type(description="Two or more graphs side by side: shared and unique features and subcircuits.")
 class GraphComparison:
     graph_ids: list[strawberry.ID] = strawberry.field(description="The columns of every side-by-side list.")
@@ -658,14 +608,7 @@ class GraphComparison:
                 values.setdefault(r["feature"], {})[graph_id] = r
         rows = _across(values, self.graph_ids, only)[:limit]
         return [
-            FeatureAcross(
-                key=r["key"],
-                graphs=r["graphs"],
-                shared=r["shared"],
-                unique_to=r["unique_to"],
-                influence=[r["per_graph"].get(g, {}).get("influence") for g in self.graph_ids],
-                activation=[r["per_graph"].get(g, {}).get("activation") for g in self.graph_ids],
-            )
+            _from_row(FeatureAcross, r, _per_graph(r, self.graph_ids, "influence", "activation"))
             for r in rows
         ]
 
@@ -680,14 +623,7 @@ class GraphComparison:
             for r in rows:
                 values.setdefault(r["s"]["key"], {})[graph_id] = r
         return [
-            SubcircuitAcross(
-                key=r["key"],
-                graphs=r["graphs"],
-                shared=r["shared"],
-                unique_to=r["unique_to"],
-                weight=[r["per_graph"].get(g, {}).get("weight") for g in self.graph_ids],
-                influence=[r["per_graph"].get(g, {}).get("influence") for g in self.graph_ids],
-            )
+            _from_row(SubcircuitAcross, r, _per_graph(r, self.graph_ids, "weight", "influence"))
             for r in _across(values, self.graph_ids, only)[:limit]
         ]
 
@@ -751,22 +687,6 @@ class UniqueFeature:
         return await _feature(info, self.key)
 
 
-_CONTRAST = (
-    "k_a",
-    "n_a",
-    "k_b",
-    "n_b",
-    "p_a",
-    "p_b",
-    "diff",
-    "log_odds",
-    "se",
-    "z",
-    "influence_a",
-    "influence_b",
-)
-
-
 @strawberry.type(description="Two prompt sets compared: A and B by correctness or by tag.")
 class SetComparison:
     a: str
@@ -779,16 +699,11 @@ class SetComparison:
 
     @strawberry.field(description="Features ranked by |p_a - p_b|, then |z|.")
     def features(self) -> list[FeatureContrast]:
-        return [
-            FeatureContrast(key=r["feature"], **{k: r[k] for k in _CONTRAST}) for r in self.result.features
-        ]
+        return [_from_row(FeatureContrast, r, key="feature") for r in self.result.features]
 
     @strawberry.field(description="Subcircuits ranked by |p_a - p_b|, then |z|.")
     def subcircuits(self) -> list[SubcircuitContrast]:
-        return [
-            SubcircuitContrast(key=r["subcircuit"], rank=r["rank"], **{k: r[k] for k in _CONTRAST})
-            for r in self.result.subcircuits
-        ]
+        return [_from_row(SubcircuitContrast, r, key="subcircuit") for r in self.result.subcircuits]
 
     @strawberry.field(description="Features seen on one side only, in >= minGraphs graphs.")
     async def unique_features(self, info: Info, limit: int = 25) -> list[UniqueFeature]:
@@ -805,16 +720,7 @@ class SetComparison:
                 **self.split.params(),
             ),
         )
-        return [
-            UniqueFeature(
-                key=r["feature"],
-                side=r["side"],
-                graphs_a=r["graphs_a"],
-                graphs_b=r["graphs_b"],
-                mean_influence=r["mean_influence"],
-            )
-            for r in rows
-        ]
+        return [_from_row(UniqueFeature, r, key="feature") for r in rows]
 
 
 @strawberry.input(description="Sides of a set comparison: split='correct', or both aTag and bTag.")
@@ -840,16 +746,13 @@ class IngestJob:
 
     @classmethod
     def of(cls, row: dict) -> IngestJob:
-        return cls(
-            id=row["id"],
-            status=row["status"],
-            started=row.get("started"),
-            finished=row.get("finished"),
-            graphs_loaded=row.get("graphs_loaded", 0),
-            graphs_skipped=row.get("graphs_skipped", 0),
-            errors=row.get("errors") or [],
-            parameters=row.get("parameters") or "{}",
-        )
+        given = {
+            "graphs_loaded": row.get("graphs_loaded", 0),
+            "graphs_skipped": row.get("graphs_skipped", 0),
+            "errors": row.get("errors") or [],
+            "parameters": row.get("parameters") or "{}",
+        }
+        return _from_row(cls, row, given)
 
 
 @strawberry.type(description="A job started through the API (ingest or analysis); poll it for progress.")
@@ -867,18 +770,7 @@ class Job:
 
     @classmethod
     def of(cls, job: JobState) -> Job:
-        return cls(
-            id=job.id,
-            kind=job.kind,
-            status=job.status,
-            error=job.error,
-            total=job.total,
-            created=job.created,
-            started=job.started,
-            finished=job.finished,
-            summary=json.dumps(job.summary, default=str),
-            marker=job.marker,
-        )
+        return _from_row(cls, vars(job), {"summary": json.dumps(job.summary, default=str)})
 
     @strawberry.field(description="The ingest job's database record, with its live counters.")
     async def ingest_job(self, info: Info) -> IngestJob | None:
@@ -1005,7 +897,7 @@ class Query:
     @strawberry.field
     async def models(self, info: Info) -> list[Model]:
         rows = await _ctx(info).call(_ctx(info).repo.models)
-        return [Model(name=r["name"], transcoder_sets=r["sets"]) for r in rows]
+        return [_from_row(Model, r, transcoder_sets="sets") for r in rows]
 
     @strawberry.field
     async def transcoder_sets(self, info: Info) -> list[TranscoderSet]:
@@ -1176,17 +1068,7 @@ class Query:
     @strawberry.field
     async def analysis_runs(self, info: Info) -> list[AnalysisRun]:
         rows = await _ctx(info).call(_ctx(info).repo.analysis_runs)
-        return [
-            AnalysisRun(
-                step=r["id"],
-                status=r.get("status"),
-                started=r.get("started"),
-                finished=r.get("finished"),
-                params=r.get("params"),
-                summary=r.get("summary"),
-            )
-            for r in rows
-        ]
+        return [_from_row(AnalysisRun, r, step="id") for r in rows]
 
 
 def _prompts(inputs: Sequence[PromptInput]) -> list[Any]:

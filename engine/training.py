@@ -8,8 +8,9 @@
    term is its fraction of variance unexplained) + a sparsity term (ReLU: L1 of acts * decoder norms;
    JumpReLU: L0 with a straight-through threshold gradient; TopK: none) + AuxK: features that have not
    fired for `dead_after_tokens` tokens reconstruct the residual error with their top `aux_k`
-   pre-activations, which pulls dead features back into use. TopK decodes sparsely (k decoder rows per
-   token and layer), and activations are captured without running the model past its last MLP.
+   pre-activations, which pulls dead features back into use. TopK stays sparse past the encoder's
+   forward product: only the selected features' encoder rows get gradients, and k decoder rows per token
+   and layer decode. Activations are captured without running the model past its last MLP.
 4. Checkpoint every `checkpoint_every` steps (atomically, into `<out_dir>.checkpoints`); `resume`
    restores weights, optimiser and counters and fast-forwards the deterministic stream, so a resumed
    run is bit-identical.
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -152,13 +153,25 @@ class ActivationStream:
             if (index % every == every - 1) == held_out:
                 yield text
 
-    def _token_ids(self, *, held_out: bool, repeat: bool) -> Iterator[list[list[int]]]:
+    def _tokenised(self, *, held_out: bool) -> Iterator[list[int]]:
+        """Every text's token ids (cut at `context_length`), tokenised `texts_per_forward` texts per call."""
+        group: list[str] = []
+        for text in self._texts(held_out=held_out):
+            group.append(text)
+            if len(group) == self.config.texts_per_forward:
+                yield from self.tokenizer(
+                    group, truncation=True, max_length=self.config.context_length
+                ).input_ids
+                group = []
+        if group:
+            yield from self.tokenizer(group, truncation=True, max_length=self.config.context_length).input_ids
+
+    def token_ids(self, *, held_out: bool, repeat: bool) -> Iterator[list[list[int]]]:
         """Chunks of `texts_per_forward` tokenised texts; the training stream cycles over the corpus."""
         while True:
             chunk: list[list[int]] = []
             seen, produced = 0, False
-            for text in self._texts(held_out=held_out):
-                ids = self.tokenizer(text, truncation=True, max_length=self.config.context_length).input_ids
+            for ids in self._tokenised(held_out=held_out):
                 seen += 1
                 if len(ids) > 1:
                     chunk.append(ids)
@@ -182,7 +195,7 @@ class ActivationStream:
         """Held-out tokenised texts holding about `n_tokens` tokens."""
         texts: list[list[int]] = []
         total = 0
-        for chunk in self._token_ids(held_out=True, repeat=False):
+        for chunk in self.token_ids(held_out=True, repeat=False):
             for ids in chunk:
                 if total >= n_tokens:
                     return texts
@@ -191,24 +204,46 @@ class ActivationStream:
         return texts
 
     def batches(self) -> Iterator[torch.Tensor]:
-        """Endless training batches; the same seed gives the same sequence of batches."""
+        """Endless training batches; the same seed gives the same sequence of batches. Texts are captured
+        in forwards of similar lengths (sorted within groups of `LENGTH_GROUP` forwards), which cuts the
+        padding the model runs on; the shuffle buffer mixes them again."""
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
         buffer: list[torch.Tensor] = []
         held = 0
-        for chunk in self._token_ids(held_out=False, repeat=True):
+        for chunk in _by_length(self.token_ids(held_out=False, repeat=True), group=LENGTH_GROUP):
             acts = capture(self.model, self.adapter, chunk, bos_id=self.bos_id).cpu()
             buffer.append(acts)
             held += acts.shape[0]
             if held < cfg.buffer_tokens:
                 continue
             pool = torch.cat(buffer)
-            buffer.clear()  # at most two copies of the buffer exist at once: the pool and its shuffle
-            pool = pool[torch.randperm(pool.shape[0], generator=gen)]
+            buffer.clear()
+            # batches gather through the permutation, so no shuffled copy of the pool is made
+            order = torch.randperm(pool.shape[0], generator=gen)
             n_out = (pool.shape[0] // 2) // cfg.batch_tokens * cfg.batch_tokens
-            yield from pool[:n_out].split(cfg.batch_tokens)
-            buffer, held = [pool[n_out:].clone()], pool.shape[0] - n_out
+            for start in range(0, n_out, cfg.batch_tokens):
+                yield pool[order[start : start + cfg.batch_tokens]]
+            buffer, held = [pool[order[n_out:]]], pool.shape[0] - n_out
             del pool
+
+
+LENGTH_GROUP = 8  # forwards whose texts `ActivationStream.batches` sorts by length together
+
+
+def _by_length(chunks: Iterator[list[list[int]]], *, group: int) -> Iterator[list[list[int]]]:
+    """The same chunks' texts, `group` chunks at a time sorted by length (stable) and cut into chunks of
+    the first chunk's size again."""
+    pending: list[list[list[int]]] = []
+    for chunk in chunks:
+        pending.append(chunk)
+        if len(pending) == group:
+            texts = sorted((text for part in pending for text in part), key=len)
+            size = len(pending[0])
+            yield from (texts[i : i + size] for i in range(0, len(texts), size))
+            pending = []
+    for chunk in pending:
+        yield chunk
 
 
 # ---- the trainable transcoders ---------------------------------------------------------------------
@@ -247,10 +282,89 @@ class _Step(torch.autograd.Function):
         return None, (-(1 / ctx.bandwidth) * near * grad).sum_to_size(theta.shape), None
 
 
+class _TopKEncoder(torch.autograd.Function):
+    """TopK encoding of inputs x [N, L, d], one layer at a time so each [N, F] block of pre-activations
+    stays in cache and is never kept: per layer, pre = x W_enc^T + b_enc, the k largest entries
+    (indices, values) and, given a `dead` [L, F] mask, the `n_aux` largest among dead features (for
+    AuxK; entries past a layer's dead count come back as -inf). The backward writes only the selected
+    encoder rows (O(N L (k + n_aux) d) rather than the dense O(N L F d)); x gets no gradient."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        k: int,
+        dead: torch.Tensor | None,
+        n_aux: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        top: list[tuple[torch.Tensor, torch.Tensor]] = []
+        aux: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layer in range(W_enc.shape[0]):
+            pre = torch.addmm(b_enc[layer], x[:, layer], W_enc[layer].T)
+            top.append(pre.topk(k, dim=-1))
+            if dead is not None and n_aux > 0:
+                aux.append(pre.masked_fill_(~dead[layer], -torch.inf).topk(n_aux, dim=-1))
+        values, indices = (torch.stack(t, dim=1) for t in zip(*top, strict=True))
+        if aux:
+            aux_values, aux_indices = (torch.stack(t, dim=1) for t in zip(*aux, strict=True))
+        else:
+            aux_values, aux_indices = values[..., :0], indices[..., :0]
+        ctx.save_for_backward(x, indices, aux_indices)
+        ctx.shape = W_enc.shape
+        ctx.mark_non_differentiable(indices, aux_indices)
+        return values, indices, aux_values, aux_indices
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: torch.Tensor, _: None, aux_grad: torch.Tensor, __: None
+    ) -> tuple[None, torch.Tensor, torch.Tensor, None, None, None]:
+        x, indices, aux_indices = ctx.saved_tensors
+        n_layers, n_features, _ = ctx.shape
+        rows, grads = torch.cat([indices, aux_indices], dim=-1), torch.cat([grad, aux_grad], dim=-1)
+        tokens = torch.arange(x.shape[0], device=x.device).repeat_interleave(rows.shape[-1])
+        grad_W = torch.empty(ctx.shape, device=grad.device, dtype=grad.dtype)
+        grad_b = torch.zeros(n_layers, n_features, device=grad.device, dtype=grad.dtype)
+        for layer in range(n_layers):
+            layer_rows, layer_grads = rows[:, layer].reshape(-1), grads[:, layer].reshape(-1)
+            # d pre[n, f] / d W_enc[f] = x[n]: a sparse [F, N] matrix of the selected gradients times x
+            selected = torch.sparse_coo_tensor(
+                torch.stack([layer_rows, tokens]),
+                layer_grads,
+                (n_features, x.shape[0]),
+                check_invariants=False,
+            )
+            grad_W[layer] = torch.sparse.mm(selected, x[:, layer])
+            grad_b[layer].index_add_(0, layer_rows, layer_grads)
+        return None, grad_W, grad_b, None, None, None
+
+
+class Reconstruction(NamedTuple):
+    """One forward pass of `TrainableTranscoders` on [N, L, d] inputs."""
+
+    out: torch.Tensor  # [N, L, d] reconstruction, skip included
+    fired: torch.Tensor  # [L, F] features active on some token
+    l0: torch.Tensor  # mean active features per token and layer
+    pre: torch.Tensor | None  # [N, L, F] pre-activations (ReLU, JumpReLU); TopK keeps none
+    acts: torch.Tensor | None  # [N, L, F] activations (ReLU, JumpReLU); TopK keeps them sparse
+    aux: tuple[torch.Tensor, torch.Tensor] | None  # AuxK (indices, values) [N, L, n_aux], if asked for
+
+
 class TrainableTranscoders(nn.Module):
     """All layers' encoders and decoders as trainable parameters (layer-stacked where shapes allow)."""
 
-    def __init__(self, config: TrainConfig, *, n_layers: int, d_model: int, out_mean: torch.Tensor) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        n_layers: int,
+        d_model: int,
+        out_mean: torch.Tensor,
+        in_mean: torch.Tensor | None = None,
+    ) -> None:
+        """out_mean [L, d]: the MLP outputs' mean, b_dec's start. in_mean [L, d]: the MLP inputs' mean;
+        given, b_enc starts at -W_enc in_mean so pre-activations start centred (default: b_enc = 0)."""
         super().__init__()
         self.config, self.n_layers, self.d_model = config, n_layers, d_model
         gen = torch.Generator().manual_seed(config.seed)
@@ -258,7 +372,10 @@ class TrainableTranscoders(nn.Module):
         enc = torch.randn(n_layers, f, d_model, generator=gen)
         enc = enc / enc.norm(dim=-1, keepdim=True)
         self.W_enc = nn.Parameter(enc)
-        self.b_enc = nn.Parameter(torch.zeros(n_layers, f))
+        start = (
+            torch.zeros(n_layers, f) if in_mean is None else -torch.einsum("lfd,ld->lf", enc, in_mean.cpu())
+        )
+        self.b_enc = nn.Parameter(start)
         dec_scale = 0.1 / math.sqrt(d_model)
         if config.kind == "plt":
             self.W_dec = nn.ParameterList([nn.Parameter(enc[i].clone() * dec_scale) for i in range(n_layers)])
@@ -294,8 +411,14 @@ class TrainableTranscoders(nn.Module):
         self.b_dec.copy_((m_mean - torch.einsum("ld,lde->le", x_mean, linear)).float())
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, L, d] -> [N, L, F]."""
-        return torch.einsum("nld,lfd->nlf", x, self.W_enc) + self.b_enc
+        """[N, L, d] -> [N, L, F], a view of one layer-major [L, N, F] batched product (no permuting copy)."""
+        return torch.baddbmm(
+            self.b_enc.unsqueeze(1), x.transpose(0, 1), self.W_enc.transpose(1, 2)
+        ).transpose(0, 1)
+
+    def layer_index(self, indices: torch.Tensor) -> torch.Tensor:
+        """The layer of each entry of per-layer feature `indices` [N, L, m], broadcast to their shape."""
+        return torch.arange(self.n_layers, device=indices.device).view(1, -1, 1).expand_as(indices)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """ReLU or JumpReLU activations (TopK is handled sparsely in forward)."""
@@ -337,20 +460,43 @@ class TrainableTranscoders(nn.Module):
                 out[:, i:] += torch.einsum("nf,fod->nod", acts[:, i], self.W_dec[i])
         return out + self.b_dec if bias else out
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pre-activations, activations, reconstruction incl. skip) for MLP inputs [N, L, d]."""
-        pre = self.pre_activations(x)
+    def forward(self, x: torch.Tensor, *, dead: torch.Tensor | None = None, n_aux: int = 0) -> Reconstruction:
+        """Encode and reconstruct MLP inputs [N, L, d]; with a `dead` [L, F] mask, also select each
+        token's `n_aux` dead features of largest pre-activation for the AuxK loss (default: none). TopK
+        stays sparse (`_TopKEncoder`, then a decode of k rows per token and layer)."""
+        aux: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.config.activation == "topk":
-            values, indices = pre.topk(self.config.k, dim=-1)
+            values, indices, aux_values, aux_indices = _TopKEncoder.apply(
+                x, self.W_enc, self.b_enc, self.config.k, dead, n_aux
+            )
             values = torch.relu(values)
             out = self.decode_sparse(indices, values)
-            acts = torch.zeros_like(pre).scatter(-1, indices, values.detach())  # for metrics only
+            on = values.detach() > 0
+            fired = torch.zeros(self.n_layers, self.config.d_transcoder, dtype=torch.bool, device=x.device)
+            fired[self.layer_index(indices)[on], indices[on]] = True
+            pre = acts = None
+            if dead is not None:
+                aux = aux_indices, aux_values
         else:
+            pre = self.pre_activations(x)
             acts = self.activate(pre)
             out = self.decode(acts)
+            on = acts.detach() > 0
+            fired = on.any(0)
+            if dead is not None:
+                with torch.no_grad():
+                    aux_indices = torch.where(dead, pre, -torch.inf).topk(n_aux, dim=-1).indices
+                aux = (
+                    aux_indices,
+                    torch.where(
+                        dead[self.layer_index(aux_indices), aux_indices],
+                        pre.gather(-1, aux_indices),
+                        -torch.inf,
+                    ),
+                )
         if self.W_skip is not None:
             out = out + torch.einsum("nld,led->nle", x, self.W_skip)
-        return pre, acts, out
+        return Reconstruction(out, fired, on.sum(-1).float().mean(), pre, acts, aux)
 
     def decoder_norms(self) -> torch.Tensor:
         """[L, F]: norm of each feature's decoder (all output layers together for a CLT)."""
@@ -380,35 +526,36 @@ class TrainableTranscoders(nn.Module):
         return TranscoderSet(config, weights)
 
 
-def _loss(
+def training_loss(
     tc: TrainableTranscoders, batch: torch.Tensor, out_var: torch.Tensor, since_fired: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Total loss, its parts, and the [L, F] mask of features that fired in this batch."""
     cfg = tc.config
     x, target = batch[:, :, 0], batch[:, :, 1]
-    pre, acts, out = tc(x)
+    dead = since_fired >= cfg.dead_after_tokens
+    use_aux = cfg.aux_coefficient > 0 and bool(dead.any())
+    n_aux = min(cfg.aux_k, int(dead.sum(-1).max())) if use_aux else 0
+    out, fired, l0, pre, acts, aux_selected = tc(x, dead=dead if use_aux else None, n_aux=n_aux)
     error = target - out
     fvu = (error.pow(2).sum(-1).mean(0) / out_var).sum()
     loss = fvu
     parts = {"fvu": fvu.item() / tc.n_layers}
     if cfg.activation == "relu":
+        assert acts is not None
         sparsity = (acts * tc.decoder_norms()).sum(-1).mean(0).sum()
         loss = loss + cfg.l1_coefficient * sparsity
     elif cfg.activation == "jumprelu":
         assert tc.log_threshold is not None
-        l0 = _Step.apply(pre, tc.log_threshold.exp(), cfg.jumprelu_bandwidth).sum(-1).mean(0).sum()
-        loss = loss + cfg.l0_coefficient * l0
-    dead = since_fired >= cfg.dead_after_tokens
-    if cfg.aux_coefficient > 0 and bool(dead.any()):
-        n_aux = min(cfg.aux_k, int(dead.sum(-1).max()))
-        dead_pre = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
-        values, indices = dead_pre.topk(n_aux, dim=-1)
-        aux_out = tc.decode_sparse(indices, torch.relu(torch.nan_to_num(values, neginf=0.0)), bias=False)
+        penalty = _Step.apply(pre, tc.log_threshold.exp(), cfg.jumprelu_bandwidth).sum(-1).mean(0).sum()
+        loss = loss + cfg.l0_coefficient * penalty
+    if aux_selected is not None:
+        indices, values = aux_selected
+        values = torch.relu(values)  # -inf (past a layer's dead count) becomes 0
+        aux_out = tc.decode_sparse(indices, values, bias=False)
         aux = ((error.detach() - aux_out).pow(2).sum(-1).mean(0) / out_var).sum()
         loss = loss + cfg.aux_coefficient * aux
         parts["aux"] = aux.item()
-    fired = (acts > 0).any(0)
-    parts["l0"] = (acts > 0).sum(-1).float().mean().item()
+    parts["l0"] = l0.item()
     return loss, parts, fired
 
 
@@ -416,14 +563,66 @@ def _loss(
 
 
 @torch.no_grad()
-def layer_metrics(tc: TrainableTranscoders, batch: torch.Tensor) -> list[dict[str, float]]:
-    """Per layer on held-out tokens: fraction of variance unexplained and mean L0."""
-    x, target = batch[:, :, 0], batch[:, :, 1]
-    _, acts, out = tc(x)
-    residual = (target - out).pow(2).sum((0, 2))
-    total = (target - target.mean(0)).pow(2).sum((0, 2))
-    l0 = (acts > 0).sum(-1).float().mean(0)
-    return [{"fvu": float(residual[i] / total[i]), "l0": float(l0[i])} for i in range(tc.n_layers)]
+def layer_metrics(
+    transcoders: TranscoderSet, batch: torch.Tensor, *, chunk: int = 2048
+) -> list[dict[str, float]]:
+    """Per layer on held-out activations [N, n_layers, 2, d_model]: fraction of variance unexplained, mean
+    L0, and the share of features that never fire on these tokens (`unused_fraction`). Works `chunk`
+    tokens at a time (default 2048), so dense activations of all layers never exist for the whole batch."""
+    n_layers, device = transcoders.n_layers, transcoders.device
+    residual = torch.zeros(n_layers, device=device, dtype=torch.float64)
+    target_sum = torch.zeros(n_layers, transcoders.d_model, device=device, dtype=torch.float64)
+    target_sq = torch.zeros(n_layers, device=device, dtype=torch.float64)
+    active = torch.zeros(n_layers, device=device, dtype=torch.float64)
+    fired = torch.zeros(n_layers, transcoders.d_transcoder, device=device, dtype=torch.bool)
+    for part in batch.split(chunk):
+        part = part.to(device)
+        inputs = [part[:, layer, 0] for layer in range(n_layers)]
+        acts = [transcoders.encode(layer, x) for layer, x in enumerate(inputs)]
+        for layer in range(n_layers):
+            out = transcoders.decode_layer(acts, layer)
+            skip = transcoders.skip(layer, inputs[layer])
+            out = out if skip is None else out + skip
+            target = part[:, layer, 1].double()
+            residual[layer] += (target - out.double()).pow(2).sum()
+            target_sum[layer] += target.sum(0)
+            target_sq[layer] += target.pow(2).sum()
+            on = acts[layer] > 0
+            active[layer] += on.sum()
+            fired[layer] |= on.any(0)
+    n = batch.shape[0]
+    total = target_sq - target_sum.pow(2).sum(-1) / n  # sum of squared deviations from the mean
+    unused = 1.0 - fired.double().mean(-1)
+    return [
+        {
+            "fvu": float(residual[i] / total[i]),
+            "l0": float(active[i] / n),
+            "unused_fraction": float(unused[i]),
+        }
+        for i in range(n_layers)
+    ]
+
+
+def evaluate_transcoders(
+    model: nn.Module, tokenizer: Any, transcoders: TranscoderSet, *, corpus: str | Path, config: TrainConfig
+) -> dict[str, Any]:
+    """Held-out quality of any transcoder set for `model`: `layer_metrics` per layer and the
+    `replacement_loss`, on the texts `config` holds out of `corpus` (every `eval_every`-th, about
+    `eval_tokens` tokens), the same texts a `train_transcoders` run with `config` never trains on."""
+    adapter = adapter_for(model)
+    stream = ActivationStream(model, tokenizer, corpus, config)
+    held_out = stream.held_out_ids(config.eval_tokens)
+    step = config.texts_per_forward
+    batch = torch.cat(
+        [
+            capture(model, adapter, held_out[i : i + step], bos_id=stream.bos_id)
+            for i in range(0, len(held_out), step)
+        ]
+    )
+    return {
+        "layers": layer_metrics(transcoders, batch),
+        "replacement": replacement_loss(model, transcoders, held_out, bos_id=stream.bos_id),
+    }
 
 
 @torch.no_grad()
@@ -555,15 +754,15 @@ def train_transcoders(
     model.requires_grad_(False)
     adapter = adapter_for(model)
     stream = ActivationStream(model, tokenizer, corpus, cfg)
-    held_out = stream.held_out_ids(cfg.eval_tokens)  # fails early when the corpus holds none
+    stream.held_out_ids(1)  # fails early, before any training, when the corpus holds no held-out text
     batches = stream.batches()
     first = next(batches)
-    out_mean = first[:, :, 1].mean(0)
+    out_mean, in_mean = first[:, :, 1].mean(0), first[:, :, 0].mean(0)
     out_var = first[:, :, 1].var(0).sum(-1).to(device)
     torch.manual_seed(cfg.seed)
-    tc = TrainableTranscoders(cfg, n_layers=adapter.n_layers, d_model=adapter.d_model, out_mean=out_mean).to(
-        device
-    )
+    tc = TrainableTranscoders(
+        cfg, n_layers=adapter.n_layers, d_model=adapter.d_model, out_mean=out_mean, in_mean=in_mean
+    ).to(device)
     if cfg.has_skip and cfg.skip_ridge > 0:
         tc.fit_skip(first.to(device), ridge=cfg.skip_ridge)
     optimizer = torch.optim.Adam(tc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -595,7 +794,7 @@ def train_transcoders(
         while step < cfg.steps:
             batch = (pending if pending is not None else next(batches)).to(device)
             pending = None
-            loss, parts, fired = _loss(tc, batch, out_var, since_fired)
+            loss, parts, fired = training_loss(tc, batch, out_var, since_fired)
             if not torch.isfinite(loss):
                 last = _checkpoints(out)
                 raise TrainingError(
@@ -629,14 +828,9 @@ def train_transcoders(
                 log(f"transcoder step {step}/{cfg.steps}: fvu {parts['fvu']:.4f} l0 {parts['l0']:.1f}")
     transcoders = tc.to_transcoder_set(model_name=model_name)
     transcoders.save(out)
-    eval_batch = torch.cat(
-        [
-            capture(model, adapter, held_out[i : i + cfg.texts_per_forward], bos_id=stream.bos_id)
-            for i in range(0, len(held_out), cfg.texts_per_forward)
-        ]
-    ).to(device)
+    held_out_quality = evaluate_transcoders(model, tokenizer, transcoders, corpus=corpus, config=cfg)
     dead = (since_fired >= cfg.dead_after_tokens).float().mean(-1)
-    per_layer = [{**m, "dead_fraction": float(dead[i])} for i, m in enumerate(layer_metrics(tc, eval_batch))]
+    per_layer = [{**m, "dead_fraction": float(dead[i])} for i, m in enumerate(held_out_quality["layers"])]
     metrics = {
         "config": asdict(cfg),
         "device": str(device),
@@ -647,7 +841,7 @@ def train_transcoders(
         "final_train_loss": parts,
         "history": history,
         "layers": per_layer,
-        "replacement": replacement_loss(model, transcoders, held_out, bos_id=stream.bos_id),
+        "replacement": held_out_quality["replacement"],
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics

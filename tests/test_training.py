@@ -18,7 +18,9 @@ from circuitbase.engine.training import (
     TrainingError,
     capture,
     checkpoint_dir,
+    layer_metrics,
     train_transcoders,
+    training_loss,
 )
 from circuitbase.engine.transcoders import TranscoderSet
 from tests.tiny_models import tiny_model, tiny_tokenizer
@@ -76,9 +78,9 @@ def test_topk_training_reduces_loss_and_keeps_k_active(
     for layer in range(transcoders.n_layers):
         active = (transcoders.encode(layer, acts[:, layer, 0]) > 0).sum(-1)
         assert int(active.max()) == 8 and float(active.float().mean()) > 7.5
-    for layer_metrics in metrics["layers"]:
-        assert layer_metrics["fvu"] < 0.8 and layer_metrics["l0"] == pytest.approx(8, abs=0.5)
-        assert 0.0 <= layer_metrics["dead_fraction"] <= 1.0
+    for per_layer in metrics["layers"]:
+        assert per_layer["fvu"] < 0.8 and per_layer["l0"] == pytest.approx(8, abs=0.5)
+        assert 0.0 <= per_layer["dead_fraction"] <= 1.0
     replacement = metrics["replacement"]
     assert replacement["tokens"] > 0 and replacement["kl"] >= 0.0
     assert (tmp_path / "metrics.json").is_file()
@@ -105,6 +107,50 @@ def test_sparse_topk_decode_equals_the_dense_decode_with_its_gradients(kind: str
     assert torch.allclose(tc.decode(dense_acts), tc.decode_sparse(indices, values), atol=1e-5)
     for dense, sparse in zip(*grads, strict=True):
         assert torch.allclose(dense, sparse, atol=1e-4) and dense.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_sparse_topk_loss_equals_the_dense_loss_with_its_gradients(kind: str) -> None:
+    """The TopK training loss (sparse encoder gradients, sparse decode, AuxK on dead features) against
+    the same loss computed densely by autograd: same value, same gradients for every parameter."""
+    config = replace(BASE, kind=kind, d_transcoder=64, k=5, aux_k=8)
+    gen = torch.Generator().manual_seed(3)
+    tc = TrainableTranscoders(config, n_layers=3, d_model=16, out_mean=torch.randn(3, 16, generator=gen))
+    with torch.no_grad():
+        for w in tc.W_dec:
+            w.copy_(torch.randn(w.shape, generator=gen))
+        tc.b_enc.copy_(torch.randn(tc.b_enc.shape, generator=gen))
+    x, target = torch.randn(40, 3, 16, generator=gen), torch.randn(40, 3, 16, generator=gen)
+    out_var = target.var(0).sum(-1)
+    since_fired = torch.zeros(3, 64, dtype=torch.long)
+    since_fired[1:, ::2] = config.dead_after_tokens  # layers 1-2: 32 dead features
+    since_fired[0, :3] = config.dead_after_tokens  # layer 0: 3 dead, fewer than aux_k
+    params = [tc.W_enc, tc.b_enc, tc.b_dec, *tc.W_dec] + ([tc.W_skip] if tc.W_skip is not None else [])
+
+    loss, parts, fired = training_loss(tc, torch.stack([x, target], dim=2), out_var, since_fired)
+    sparse_grads = torch.autograd.grad(loss, params)
+
+    pre = torch.einsum("nld,lfd->nlf", x, tc.W_enc) + tc.b_enc
+    values, indices = pre.topk(5, dim=-1)
+    acts = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+    out = tc.decode(acts) + (torch.einsum("nld,led->nle", x, tc.W_skip) if tc.W_skip is not None else 0)
+    error = target - out
+    dead = since_fired >= config.dead_after_tokens
+    dead_values, dead_indices = torch.where(dead, pre, -torch.inf).topk(8, dim=-1)
+    aux_acts = torch.zeros_like(pre).scatter(-1, dead_indices, dead_values.nan_to_num(neginf=0.0).relu())
+    aux_out = tc.decode(aux_acts, bias=False)
+    dense = (error.pow(2).sum(-1).mean(0) / out_var).sum() + config.aux_coefficient * (
+        (error.detach() - aux_out).pow(2).sum(-1).mean(0) / out_var
+    ).sum()
+    dense_grads = torch.autograd.grad(dense, params)
+
+    assert loss.item() == pytest.approx(dense.item(), rel=1e-5) and parts["aux"] > 0
+    assert torch.equal(fired, (acts > 0).any(0))
+    assert parts["l0"] == pytest.approx(float((acts > 0).sum(-1).float().mean()))
+    for name, s_grad, d_grad in zip(["W_enc", "b_enc", "b_dec", "W_dec", "W_dec", "W_dec", "W_skip"],
+                                    sparse_grads, dense_grads, strict=False):  # fmt: skip
+        assert torch.allclose(s_grad, d_grad, rtol=1e-4, atol=1e-5), name
+        assert d_grad.abs().sum() > 0, name
 
 
 def test_skip_starts_at_the_least_squares_linear_map() -> None:
@@ -247,3 +293,22 @@ def test_generated_corpus_is_seeded_and_readable(tmp_path: Path) -> None:
     texts = list(iter_texts(paths[0]))
     assert len(texts) == 6 and all(len(t.split()) == 5 for t in texts)
     assert set(" ".join(texts).split()) <= set(toy.vocabulary())
+
+
+@pytest.mark.parametrize("cross_layer", [False, True])
+def test_layer_metrics_in_chunks_equal_the_whole_batch_formulas(cross_layer: bool) -> None:
+    transcoders = TranscoderSet.random(
+        n_layers=3, d_model=16, d_transcoder=40, cross_layer=cross_layer, activation="topk", k=4,
+        skip=not cross_layer,
+    )  # fmt: skip
+    batch = torch.randn(300, 3, 2, 16, generator=torch.Generator().manual_seed(2))
+    inputs = [batch[:, layer, 0] for layer in range(3)]
+    outputs = transcoders.reconstruct(inputs)
+    metrics = layer_metrics(transcoders, batch, chunk=64)  # 300 tokens: four full chunks and a part
+    for layer, m in enumerate(metrics):
+        target = batch[:, layer, 1]
+        fvu = (target - outputs[layer]).pow(2).sum() / (target - target.mean(0)).pow(2).sum()
+        acts = transcoders.encode(layer, inputs[layer])
+        assert m["fvu"] == pytest.approx(float(fvu), rel=1e-5)
+        assert m["l0"] == pytest.approx(float((acts > 0).sum(-1).float().mean()))
+        assert m["unused_fraction"] == pytest.approx(float(1 - (acts > 0).any(0).float().mean()))

@@ -33,23 +33,10 @@ def fail_on(console: Console) -> Iterator[None]:
 def load_model_and_transcoders(
     model: str, transcoders: Path | None, *, device: str
 ) -> tuple[LoadedModel, TranscoderSet, Path]:
-    """Load the model and its transcoder set on one device, checking that their shapes agree; returns
-    them with the set's folder. Without `transcoders`: the model's default set, trained and labelled on
-    first use and cached after that."""
-    from circuitbase.engine.models import load_model, resolve_device
-    from circuitbase.engine.transcoders import TranscoderSet
+    """`engine.loading.load_model_and_transcoders`, with a progress bar and status lines on stderr."""
+    from circuitbase.engine.loading import load_model_and_transcoders as load
 
-    target = resolve_device(device)
-    loaded = load_model(model, device=target)
-    if transcoders is None:
-        from circuitbase.engine.default_transcoders import ensure_default_transcoders
-
-        transcoders = ensure_default_transcoders(loaded, progress=True, log=Console(stderr=True).print)
-    transcoder_set = TranscoderSet.load(transcoders, device=target)
-    transcoder_set.validate_for(
-        n_layers=loaded.adapter.n_layers, d_model=loaded.adapter.d_model, model_name=loaded.name
-    )
-    return loaded, transcoder_set, transcoders
+    return load(model, transcoders, device=device, progress=True, log=Console(stderr=True).print)
 
 
 # Attribution options shared by `attribute` and `ingest`.
