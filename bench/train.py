@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=1024)
     parser.add_argument("--d-transcoder", type=int, default=1024)
     parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3, help="circuitbase's Adam learning rate")
+    parser.add_argument("--lr", type=float, default=1e-2, help="circuitbase's Adam learning rate")
     parser.add_argument("--kinds", nargs="+", default=[LIKE_FOR_LIKE, "plt:jumprelu", "clt:topk"])
     parser.add_argument("--baseline", choices=["sparsify", "none"], default="sparsify")
     parser.add_argument("--eval-tokens", type=int, default=5_000)
