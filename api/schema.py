@@ -209,6 +209,11 @@ async def _graph(info: Info, graph_id: str) -> Graph | None:
     return Graph.of(row) if row else None
 
 
+async def _subcircuit(info: Info, key: str | None) -> Subcircuit | None:
+    row = await _ctx(info).loaders.subcircuit.load(key) if key else None
+    return Subcircuit.of(row) if row else None
+
+
 @strawberry.type(description="A feature's presence in one graph.")
 class FeatureInGraph:
     graph_id: strawberry.ID
@@ -494,8 +499,9 @@ class SubcircuitOccurrence:
 
     @strawberry.field
     async def subcircuit(self, info: Info) -> Subcircuit | None:
-        row = self.subcircuit_row or await _ctx(info).loaders.subcircuit.load(self.subcircuit_key)
-        return Subcircuit.of(row) if row else None
+        if self.subcircuit_row:
+            return Subcircuit.of(self.subcircuit_row)
+        return await _subcircuit(info, self.subcircuit_key)
 
 
 @strawberry.type(
@@ -550,8 +556,7 @@ class SubcircuitAcross:
 
     @strawberry.field
     async def subcircuit(self, info: Info) -> Subcircuit | None:
-        row = await _ctx(info).loaders.subcircuit.load(self.key)
-        return Subcircuit.of(row) if row else None
+        return await _subcircuit(info, self.key)
 
 
 @strawberry.enum
@@ -670,8 +675,7 @@ class SubcircuitContrast:
 
     @strawberry.field
     async def subcircuit(self, info: Info) -> Subcircuit | None:
-        row = await _ctx(info).loaders.subcircuit.load(self.key)
-        return Subcircuit.of(row) if row else None
+        return await _subcircuit(info, self.key)
 
 
 @strawberry.type(description="A feature seen on one side only (features_unique.cypher).")
