@@ -63,7 +63,8 @@ def train_with_sparsify(
 ) -> tuple[TranscoderSet, dict[str, float]]:
     """Sparsify's transcoders for `model` trained on `config.total_tokens` tokens of `corpus`, and
     {"tokens", "train_seconds", "tokens_per_second"} of its run (tokenising included)."""
-    if str(next(model.parameters()).device) == "cpu":
+    device = next(model.parameters()).device
+    if device.type == "cpu":
         os.environ["SPARSIFY_DISABLE_TRITON"] = "1"  # read when sparsify is imported
     from datasets import Dataset
     from safetensors.torch import load_file
@@ -93,7 +94,8 @@ def train_with_sparsify(
     with contextlib.redirect_stdout(io.StringIO()):  # its setup chatter would break the bench's table
         Trainer(settings, dataset, model).fit()
         seconds = time.perf_counter() - started
-    files = [load_file(out_dir / "sparsify" / point / "sae.safetensors") for point in hookpoints]
+    folders = [out_dir / "sparsify" / point for point in hookpoints]  # where sparsify saved each coder
+    files = [load_file(folder / "sae.safetensors") for folder in folders]
     adapter = adapter_for(model)
     transcoders = TranscoderSet(
         TranscoderConfig(
@@ -113,8 +115,8 @@ def train_with_sparsify(
             b_dec=[f["b_dec"] for f in files],
             W_skip=[f["W_skip"] for f in files],
         ),
-    ).to(next(model.parameters()).device)
-    _check_conversion(transcoders, [out_dir / "sparsify" / point for point in hookpoints])
+    ).to(device)
+    _check_conversion(transcoders, folders)
     return transcoders, {"tokens": tokens, "train_seconds": seconds, "tokens_per_second": tokens / seconds}
 
 

@@ -483,17 +483,9 @@ class TrainableTranscoders(nn.Module):
             out = self.decode(acts)
             on = acts.detach() > 0
             fired = on.any(0)
-            if dead is not None:
-                with torch.no_grad():
-                    aux_indices = torch.where(dead, pre, -torch.inf).topk(n_aux, dim=-1).indices
-                aux = (
-                    aux_indices,
-                    torch.where(
-                        dead[self.layer_index(aux_indices), aux_indices],
-                        pre.gather(-1, aux_indices),
-                        -torch.inf,
-                    ),
-                )
+            if dead is not None:  # as `_TopKEncoder`: live features masked to -inf, gradients to dead ones
+                aux_values, aux_indices = torch.where(dead, pre, -torch.inf).topk(n_aux, dim=-1)
+                aux = aux_indices, aux_values
         if self.W_skip is not None:
             out = out + torch.einsum("nld,led->nle", x, self.W_skip)
         return Reconstruction(out, fired, on.sum(-1).float().mean(), pre, acts, aux)
@@ -579,8 +571,7 @@ def layer_metrics(
         part = part.to(device)
         inputs = [part[:, layer, 0] for layer in range(n_layers)]
         acts = [transcoders.encode(layer, x) for layer, x in enumerate(inputs)]
-        for layer in range(n_layers):
-            out = transcoders.decode_layer(acts, layer)
+        for layer, out in enumerate(transcoders.decode(acts)):  # one pass over all layers (O(L) for a CLT)
             skip = transcoders.skip(layer, inputs[layer])
             out = out if skip is None else out + skip
             target = part[:, layer, 1].double()
