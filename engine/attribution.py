@@ -1,17 +1,20 @@
 """Attribution graphs by batched backward passes through the frozen replacement model.
 
 1. Clean recorded forward (`build_replacement_state`): activations a, errors e, embeddings E.
-2. Linear forward: B copies of the prompt under `Freezer.replay()`. The residual stream entering the
-   first block is a leaf E; each MLP output becomes skip(x_l) + C_l, where the leaf C_l holds the recorded
-   constant m_l - skip(x_l). With attention patterns, norm scales and MLP outputs fixed, every MLP
-   input x_l and the final normed residual z are linear in (E, C).
+2. Linear forward: B copies of the prompt under `Freezer.replay()`, through the model's body only (no
+   logits). The residual stream entering the first block is a leaf E; each MLP output becomes
+   skip(x_l) + C_l, where the leaf C_l holds the recorded constant m_l - skip(x_l). With attention
+   patterns, norm scales and MLP outputs fixed, every MLP input x_l and the final normed residual z
+   are linear in (E, C).
 3. A target is a dot product with a hook point: a feature's pre-activation is W_enc[f] . x_l[p] (+ b_enc),
    a logit's value is (W_U[t] - mean_v W_U[v]) . z[T-1] (before any final soft-capping). One backward
    pass per batch of B targets, each seeded in its own copy, gives d target / d(E, C).
 4. Edge weight = source vector . gradient: feature s at (i, q) -> a_s * sum_o W_dec_i[s, o - i] . dC_o[q]
-   (o = i only for per-layer transcoders); error at (l, q) -> e_l[q] . dC_l[q]; token at q -> E[q] . dE[q].
-5. Logits are visited first, then features in order of their current estimated influence on the
-   logits, batch by batch, until every active feature or `max_feature_nodes` has been visited.
+   (o = i only for per-layer transcoders), one batched matmul per layer over positions (`FeatureSources`);
+   error at (l, q) -> e_l[q] . dC_l[q]; token at q -> E[q] . dE[q].
+5. Logits are visited first. When every active feature is a target they follow in index order;
+   otherwise in order of their estimated influence on the logits, re-estimated every
+   `influence_refresh_batches` batches (`RowStore`, which also keeps the rows within the memory cap).
 6. Prune by influence (`pruning.prune`) and package an `AttributionGraph`.
 """
 
@@ -31,9 +34,10 @@ from circuitbase.engine.replacement import (
     hooked,
     mlps_bypassed,
 )
+from circuitbase.engine.row_store import RowStore
 from circuitbase.engine.transcoders import TranscoderSet
 
-_GATHER_ELEMENTS = 1 << 25  # gradient rows gathered at once for feature sources (128 MiB in float32)
+_DECODER_CACHE_BYTES = 1 << 30  # activation-scaled decoder vectors kept between passes up to this size
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,12 @@ class AttributionConfig:
     max_feature_nodes: int | None = 4096  # feature targets visited; None = every active feature
     node_threshold: float = 0.8  # pruning keeps features/errors covering this share of influence
     edge_threshold: float = 0.98  # pruning keeps edges covering this share of edge influence
-    max_row_memory_mb: int = 4096  # cap on the stored feature rows; fewer feature nodes are visited past it
+    # Batches visited between two estimates of the influence order (circuit-tracer's update_interval).
+    # Each estimate reads every stored row, so estimating before every batch makes a graph's cost grow
+    # with the square of the rows visited; 4 keeps that term small while the order still follows
+    # what the last few batches revealed.
+    influence_refresh_batches: int = 4
+    max_row_memory_mb: int = 4096  # cap on the stored feature rows; past it, fewer columns are kept
     max_batch_memory_mb: int = 4096  # cap on the copies' residual tensors; long prompts use smaller batches
 
 
@@ -54,7 +63,7 @@ class AttributionConfig:
 class Sources:
     """Every source node of a prompt: active features, error nodes (layer-major), tokens."""
 
-    features: torch.Tensor  # [n_active, 3] long (layer, position, feature)
+    features: torch.Tensor  # [n_active, 3] long (layer, position, feature), sorted by layer then position
     activations: torch.Tensor  # [n_active]
     n_layers: int
     n_positions: int
@@ -88,9 +97,72 @@ def select_logits(
     """Top next tokens until their probability reaches `probability` (at most `max_logits`)."""
     probs = torch.softmax(logits.float(), dim=-1)
     top_probs, top_ids = torch.topk(probs, k=min(max_logits, probs.numel()))
-    needed = int(torch.searchsorted(torch.cumsum(top_probs, 0), torch.tensor(probability)).item()) + 1
-    needed = min(needed, top_ids.numel())
+    reached = torch.cumsum(top_probs, 0) >= probability
+    needed = int(torch.argmax(reached.int())) + 1 if bool(reached.any()) else top_ids.numel()
     return top_ids[:needed], top_probs[:needed]
+
+
+class FeatureSources:
+    """One layer's active features laid out [position, slot] so their edges are one batched matmul.
+
+    With positions as the batch dimension, the gradients at a layer [T, B, d] times the layer's
+    activation-scaled decoder vectors [T, d, k] (k = most features active at one position) give every
+    feature's edge into every target without gathering a [B, n, d] copy of the gradients.
+    """
+
+    def __init__(
+        self, transcoders: TranscoderSet, sources: Sources, layer: int, *, dtype: torch.dtype
+    ) -> None:
+        self.transcoders, self.layer, self.dtype = transcoders, layer, dtype
+        self.columns = torch.nonzero(sources.features[:, 0] == layer, as_tuple=True)[0]
+        positions, self.features = sources.features[self.columns, 1], sources.features[self.columns, 2]
+        self.activations = sources.activations[self.columns]
+        counts = torch.bincount(positions, minlength=sources.n_positions)
+        self.n_positions, self.width = sources.n_positions, int(counts.max()) if counts.numel() else 0
+        rank = (
+            torch.arange(positions.numel(), device=positions.device) - (counts.cumsum(0) - counts)[positions]
+        )
+        self.positions, self.rank = positions, rank
+        self.slots = positions * self.width + rank  # flat index into [T, k]
+        n_out = sources.n_layers - layer if transcoders.cross_layer else 1
+        self.out_layers = range(layer, layer + n_out)
+        self._decoders: torch.Tensor | None = None
+
+    def padded_bytes(self) -> int:
+        return len(self.out_layers) * self.n_positions * self.width * self.transcoders.d_model * 4
+
+    def decoders(self, *, cache: bool) -> torch.Tensor:
+        """[n_out, T, d, k] activation-scaled decoder vectors, zero in unused slots."""
+        if self._decoders is not None:
+            return self._decoders
+        vectors = self.transcoders.decoder_vectors(self.layer, self.features)  # [n, n_out, d]
+        vectors = (vectors * self.activations[:, None, None].to(vectors.dtype)).to(self.dtype)
+        padded = torch.zeros(
+            len(self.out_layers), self.n_positions, self.width, vectors.shape[-1],
+            dtype=self.dtype, device=vectors.device,
+        )  # fmt: skip
+        padded[:, self.positions, self.rank] = vectors.transpose(0, 1)
+        padded = padded.transpose(2, 3)
+        if cache:
+            self._decoders = padded
+        return padded
+
+    def edges(self, d_const: list[torch.Tensor | None], *, cache: bool) -> torch.Tensor | None:
+        """[B, n] edges from this layer's features into each seeded target; None when all are zero."""
+        if self.columns.numel() == 0:
+            return None
+        total = None
+        decoders = None
+        for offset, out_layer in enumerate(self.out_layers):
+            grad = d_const[out_layer]
+            if grad is None:  # no target downstream of this output layer
+                continue
+            decoders = self.decoders(cache=cache) if decoders is None else decoders
+            part = torch.bmm(grad.transpose(0, 1), decoders[offset])  # [T, B, k]
+            total = part if total is None else total + part
+        if total is None:
+            return None
+        return total.transpose(0, 1).flatten(1)[:, self.slots]
 
 
 class LinearizedPrompt:
@@ -115,20 +187,25 @@ class LinearizedPrompt:
         self.constants: list[torch.Tensor] = []
         for layer in range(n_layers):
             skip = transcoders.skip(layer, state.mlp_inputs[layer])
-            constant = state.mlp_outputs[layer] if skip is None else state.mlp_outputs[layer] - skip
+            output = state.mlp_outputs[layer]
+            constant = output if skip is None else output - skip.to(output.dtype)
             self.constants.append(constant[None].expand(expand).clone().requires_grad_(True))
         self.mlp_inputs: list[torch.Tensor] = [state.embeddings] * n_layers
-        self.final: list[torch.Tensor] = []
+        self.feature_sources = [
+            FeatureSources(transcoders, sources, layer, dtype=state.embeddings.dtype)
+            for layer in range(n_layers)
+        ]
+        self.cache_decoders = sum(f.padded_bytes() for f in self.feature_sources) <= _DECODER_CACHE_BYTES
 
         def on_mlp_input(layer: int, x: torch.Tensor) -> None:
             self.mlp_inputs[layer] = x
 
         def on_mlp_output(layer: int, _out: torch.Tensor) -> torch.Tensor:
             skip = transcoders.skip(layer, self.mlp_inputs[layer])
-            return self.constants[layer] if skip is None else self.constants[layer] + skip
+            constant = self.constants[layer]
+            return constant if skip is None else constant + skip.to(constant.dtype)
 
-        device = state.embeddings.device
-        ids = state.input_ids.to(device)[None].expand(batch_size, n_pos)
+        ids = state.input_ids.to(state.embeddings.device)[None].expand(batch_size, n_pos)
         with (
             torch.enable_grad(),
             state.freezer.replay(),
@@ -138,63 +215,54 @@ class LinearizedPrompt:
                 on_embeddings=lambda _h: self.embeddings,
                 on_mlp_input=on_mlp_input,
                 on_mlp_output=on_mlp_output,
-                on_unembed_input=self.final.append,
             ),
         ):
-            model(ids)
+            # the body only: its output is the final normed residual z, and no logits are computed
+            self.final: torch.Tensor = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
 
-    def rows(self, seeds: list[tuple[str, int, int, torch.Tensor]]) -> torch.Tensor:
-        """Edge weights into each seeded target from every source: [len(seeds), n_sources].
+    def rows(self, slots: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Edge weights into each seeded target from every source: [n, n_sources] float32.
 
-        A seed is (kind, layer, position, vector) with kind "feature" (seeded at the layer's MLP input)
-        or "logit" (seeded at the final normed residual; layer ignored).
+        Target i is `vectors[i]` . (the hook point `slots[i]` at position `positions[i]`): slot l < n_layers
+        is layer l's MLP input (a feature's pre-activation), slot n_layers the final normed residual.
         """
-        if len(seeds) > self.batch_size:
-            raise ValueError(f"{len(seeds)} targets exceed the batch size {self.batch_size}")
-        n_layers = self.adapter.n_layers
-        outputs = [*self.mlp_inputs, self.final[0]]
-        grads_out = [torch.zeros_like(t) for t in outputs]
-        for row, (kind, layer, position, vector) in enumerate(seeds):
-            slot = n_layers if kind == "logit" else layer
-            grads_out[slot][row, position] = vector.to(grads_out[slot].dtype)
+        n = int(slots.numel())
+        if n > self.batch_size:
+            raise ValueError(f"{n} targets exceed the batch size {self.batch_size}")
+        outputs = [*self.mlp_inputs, self.final]
+        seeded, seeds = [], []
+        copies = torch.arange(n, device=slots.device)
+        for slot in slots.unique().tolist():
+            here = slots == slot
+            seed = torch.zeros_like(outputs[slot])
+            seed[copies[here], positions[here]] = vectors[here].to(seed.dtype)
+            seeded.append(outputs[slot])
+            seeds.append(seed)
         self.backward_passes += 1
         grads = torch.autograd.grad(
-            outputs, [self.embeddings, *self.constants], grads_out, retain_graph=True, allow_unused=True
+            seeded, [self.embeddings, *self.constants], seeds, retain_graph=True, allow_unused=True
         )
-        d_embed = grads[0] if grads[0] is not None else torch.zeros_like(self.embeddings)
-        d_const = [
-            g if g is not None else torch.zeros_like(c)
-            for g, c in zip(grads[1:], self.constants, strict=True)
-        ]
-        return self._edge_weights(d_embed, d_const)[: len(seeds)]
+        return self._edge_weights(grads[0], list(grads[1:]))[:n]
 
-    def _edge_weights(self, d_embed: torch.Tensor, d_const: list[torch.Tensor]) -> torch.Tensor:
+    def _edge_weights(self, d_embed: torch.Tensor | None, d_const: list[torch.Tensor | None]) -> torch.Tensor:
         state, src = self.state, self.sources
-        feature_part = torch.zeros(self.batch_size, src.n_active, dtype=d_embed.dtype, device=d_embed.device)
-        cross_layer = self.transcoders.cross_layer
-        for layer in range(src.n_layers):
-            idx = torch.nonzero(src.features[:, 0] == layer, as_tuple=True)[0]
-            if idx.numel() == 0:
-                continue
-            positions, features = src.features[idx, 1], src.features[idx, 2]
-            total = torch.zeros(self.batch_size, idx.numel(), dtype=d_embed.dtype, device=d_embed.device)
-            out_layers = range(layer, src.n_layers) if cross_layer else range(layer, layer + 1)
-            chunk = max(1, _GATHER_ELEMENTS // (self.batch_size * d_embed.shape[-1]))
-            for start in range(0, idx.numel(), chunk):
-                part = slice(start, start + chunk)
-                decoders = self.transcoders.decoder_vectors(layer, features[part])  # [chunk, n_out, d]
-                for offset, out_layer in enumerate(out_layers):
-                    grad_at = d_const[out_layer][:, positions[part]]  # [B, chunk, d]
-                    decoder = decoders[:, offset].to(grad_at.dtype)
-                    total[:, part] += torch.einsum("bnd,nd->bn", grad_at, decoder)
-            feature_part[:, idx] = total * src.activations[idx].to(total.dtype)
-        zeroed = state.zeroed_positions
-        error_part = torch.stack(
-            [(d_const[layer] * state.errors[layer][None]).sum(-1) for layer in range(src.n_layers)], dim=1
-        )  # [B, L, T]
-        error_part[:, :, :zeroed] = 0
-        token_part = (d_embed * state.embeddings[None]).sum(-1)  # [B, T]
-        return torch.cat([feature_part, error_part.flatten(1), token_part], dim=1)
+        device = self.embeddings.device
+        rows = torch.zeros(self.batch_size, src.n_sources, dtype=torch.float32, device=device)
+        for features in self.feature_sources:
+            edges = features.edges(d_const, cache=self.cache_decoders)
+            if edges is not None:
+                rows[:, features.columns] = edges.float()
+        n_pos, offset = src.n_positions, src.n_active
+        for layer, grad in enumerate(d_const):
+            if grad is not None:
+                errors = torch.einsum("btd,td->bt", grad, state.errors[layer].to(grad.dtype)).float()
+                errors[:, : state.zeroed_positions] = 0
+                rows[:, offset + layer * n_pos : offset + (layer + 1) * n_pos] = errors
+        if d_embed is not None:
+            rows[:, offset + src.n_layers * n_pos :] = torch.einsum(
+                "btd,td->bt", d_embed, state.embeddings
+            ).float()
+        return rows
 
 
 def _affordable_batch(config: AttributionConfig, *, n_positions: int, d_model: int, n_layers: int) -> int:
@@ -207,50 +275,18 @@ def _affordable_batch(config: AttributionConfig, *, n_positions: int, d_model: i
     return max(1, min(config.batch_size, config.max_batch_memory_mb * 2**20 // per_copy))
 
 
-def _feature_seeds(
+def _feature_targets(
     transcoders: TranscoderSet, targets: torch.Tensor
-) -> list[tuple[str, int, int, torch.Tensor]]:
-    """Seeds for feature targets [n, 3] (layer, position, feature): their encoder rows at their MLP inputs."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(slots, positions, vectors) seeding feature targets [n, 3] (layer, position, feature): each
+    feature's encoder row at its layer's MLP input."""
     vectors = torch.empty(
         targets.shape[0], transcoders.d_model, dtype=transcoders.dtype, device=targets.device
     )
     for layer in targets[:, 0].unique().tolist():
         here = targets[:, 0] == layer
         vectors[here] = transcoders.encoder_vectors(layer, targets[here, 2])
-    return [("feature", int(t[0]), int(t[1]), v) for t, v in zip(targets.tolist(), vectors, strict=True)]
-
-
-def _push(weights: torch.Tensor, rows: torch.Tensor, *, chunk: int = 1024) -> torch.Tensor:
-    """weights @ normalize_rows(rows), a block of rows at a time (no full-size normalised copy)."""
-    out = rows.new_zeros(rows.shape[1])
-    for start in range(0, rows.shape[0], chunk):
-        block = rows[start : start + chunk].abs()
-        sums = block.sum(dim=1).clamp(min=1e-12)
-        out += (weights[start : start + chunk] / sums) @ block
-    return out
-
-
-def _influence_order(
-    logit_rows: torch.Tensor,
-    feature_rows: torch.Tensor,
-    visited: torch.Tensor,
-    logit_probs: torch.Tensor,
-    n_layers: int,
-) -> torch.Tensor:
-    """Estimated influence on the logits of every source, from the rows computed so far.
-
-    Credit starts on the logits, flows down their rows, and keeps flowing down the rows of visited
-    features (the graph is acyclic, so it vanishes after at most n_layers + 1 steps).
-    """
-    current = _push(logit_probs.to(logit_rows.dtype), logit_rows)
-    total = current.clone()
-    rows = feature_rows[: visited.numel()]
-    for _ in range(n_layers + 1):
-        current = _push(current[visited], rows)
-        if float(current.abs().sum()) <= 1e-12:
-            break
-        total += current
-    return total
+    return targets[:, 0], targets[:, 1], vectors
 
 
 def attribute(
@@ -281,40 +317,36 @@ def attribute(
     centered = unembed[logit_ids] - unembed.mean(dim=0, keepdim=True)
     logit_rows = torch.cat(
         [
-            linear.rows([("logit", 0, n_pos - 1, vec) for vec in centered[start : start + batch_size]])
-            for start in range(0, logit_ids.numel(), batch_size)
+            linear.rows(
+                torch.full((len(part),), n_layers, device=centered.device),
+                torch.full((len(part),), n_pos - 1, device=centered.device),
+                part,
+            )
+            for part in centered.split(batch_size)
         ]
     )
-
     budget = (
         sources.n_active
         if config.max_feature_nodes is None
         else min(config.max_feature_nodes, sources.n_active)
     )
-    row_bytes = sources.n_sources * logit_rows.element_size()
-    affordable = max(batch_size, config.max_row_memory_mb * 2**20 // row_bytes)
-    capped = budget > affordable
-    budget = min(budget, affordable)
-    feature_rows = logit_rows.new_zeros(budget, sources.n_sources)
-    visited = torch.zeros(0, dtype=torch.long, device=logit_rows.device)
-    is_visited = torch.zeros(sources.n_active, dtype=torch.bool, device=logit_rows.device)
-    while visited.numel() < budget:
-        influence = _influence_order(logit_rows, feature_rows, visited, logit_probs, n_layers)
-        influence = influence[: sources.n_active]
-        influence[is_visited] = -1.0
-        take = min(batch_size, budget - visited.numel())
-        batch = torch.argsort(influence, descending=True, stable=True)[:take]
-        seeds = _feature_seeds(transcoders, sources.features[batch])
-        feature_rows[visited.numel() : visited.numel() + take] = linear.rows(seeds)
-        visited = torch.cat([visited, batch])
-        is_visited[batch] = True
+    store = RowStore(
+        logit_rows=logit_rows,
+        logit_probs=logit_probs,
+        n_active=sources.n_active,
+        budget=budget,
+        max_bytes=config.max_row_memory_mb * 2**20,
+        n_layers=n_layers,
+        refresh_batches=config.influence_refresh_batches,
+    )
+    while store.n_visited < store.budget:
+        batch = store.next_batch(batch_size)
+        store.add(batch, linear.rows(*_feature_targets(transcoders, sources.features[batch])))
 
     graph = _package(
         state=state,
         sources=sources,
-        visited=visited,
-        feature_rows=feature_rows,
-        logit_rows=logit_rows,
+        store=store,
         logit_ids=logit_ids,
         logit_probs=logit_probs,
         config=config,
@@ -325,7 +357,8 @@ def attribute(
         prompt_meta=prompt_meta or {},
     )
     graph.params["backward_passes"] = linear.backward_passes
-    graph.params["feature_nodes_capped_by_memory"] = capped
+    graph.params["feature_nodes_capped_by_memory"] = store.capped
+    graph.params["candidate_features"] = store.pool_size if store.pool_limited else None
     graph.params["effective_batch_size"] = batch_size
     return graph
 
@@ -334,9 +367,7 @@ def _package(
     *,
     state: ReplacementState,
     sources: Sources,
-    visited: torch.Tensor,
-    feature_rows: torch.Tensor,
-    logit_rows: torch.Tensor,
+    store: RowStore,
     logit_ids: torch.Tensor,
     logit_probs: torch.Tensor,
     config: AttributionConfig,
@@ -346,19 +377,24 @@ def _package(
     prompt: str,
     prompt_meta: dict,
 ) -> AttributionGraph:
-    """Map source columns onto the node order [selected features | errors | tokens | logits] and prune."""
+    """Map stored columns onto the node order [selected features | errors | tokens | logits] and prune."""
+    visited = store.visited
     order = torch.argsort(visited)
     selected = visited[order]
-    n_sel, n_active = selected.numel(), sources.n_active
+    n_sel = selected.numel()
     n_err, n_tok, n_logit = sources.n_layers * sources.n_positions, sources.n_positions, logit_ids.numel()
     kinds = NodeKinds(n_features=n_sel, n_errors=n_err, n_tokens=n_tok, n_logits=n_logit)
-    # column map: active feature -> node (or dropped), errors and tokens shift down to follow the selection
-    rows_src = torch.cat([feature_rows[: visited.numel()][order], logit_rows], dim=0)
+    # column map: selected feature -> node (unselected ones dropped); errors and tokens follow the selection
+    rows_src = torch.cat([store.stored_rows()[order], store.kept_columns(store.logit_rows)], dim=0)
     rows = rows_src.new_zeros(rows_src.shape[0], kinds.n_nodes)
-    rows[:, :n_sel] = rows_src[:, selected]
-    rows[:, n_sel : n_sel + n_err + n_tok] = rows_src[:, n_active:]
-    row_nodes = torch.cat([torch.arange(n_sel), torch.arange(kinds.n_nodes - n_logit, kinds.n_nodes)]).to(
-        rows.device
+    rows[:, :n_sel] = rows_src[:, store.column_of(selected)]
+    rows[:, n_sel : n_sel + n_err + n_tok] = rows_src[:, rows_src.shape[1] - n_err - n_tok :]
+    device = rows.device
+    row_nodes = torch.cat(
+        [
+            torch.arange(n_sel, device=device),
+            torch.arange(kinds.n_nodes - n_logit, kinds.n_nodes, device=device),
+        ]
     )
     result = prune(
         rows,

@@ -11,6 +11,9 @@
 
 With MLP outputs held constant, the map from the first block's input to the LM head's input is then
 affine, and a replay of the recorded input reproduces the recorded forward.
+
+`normalized_input` gives what a norm makes of its input before its weight (circuit-tracer's
+``ln2.hook_normalized``), with the replayed scale while a freezer replays, so it stays linear too.
 """
 
 from __future__ import annotations
@@ -99,6 +102,20 @@ def _apply_scale(module: nn.Module, x: Tensor, scale: Tensor, style: NormStyle) 
         return ((x.float() * scale) * (1.0 + module.weight.float())).type_as(x)
     centred = x - x.mean(-1, keepdim=True)
     return (centred.float() * scale).to(x.dtype) * module.weight + module.bias
+
+
+def normalized_input(adapter: ModelAdapter, module: nn.Module, x: Tensor) -> Tensor:
+    """``x`` (centred for LayerNorm) times the norm ``module``'s normalisation factor, before its weight
+    and bias: the factor a Freezer recorded while it replays on ``adapter``'s model, else computed from x."""
+    style = adapter.norm_style
+    active = _ACTIVE.get(adapter.attention_module(0))
+    if active is not None and active[0]._mode == "replay":
+        scale = active[0]._stored_scale(module, x)
+    else:
+        scale = _inverse_scale(x, style, _norm_eps(module))
+    if style == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    return (x.float() * scale).to(x.dtype)
 
 
 def _check_batch(what: str, stored: Tensor, batch: int) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from circuitbase.engine.adapters import adapter_for
 from circuitbase.engine.corpus import iter_texts
+from circuitbase.engine.replacement import hooks_of
 from circuitbase.engine.training import capture
 from circuitbase.engine.transcoders import TranscoderSet
 
@@ -267,7 +268,7 @@ def _scan(
     model: nn.Module, tokenizer: Any, transcoders: TranscoderSet, corpus: str | Path, config: LabelConfig
 ) -> tuple[_Heaps, int, int]:
     """Pass 1: (heaps, tokens seen, documents read)."""
-    adapter = adapter_for(model)
+    adapter = adapter_for(model, hooks=hooks_of(transcoders))
     bos = getattr(tokenizer, "bos_token_id", None)
     device = transcoders.device
     heaps = _Heaps.empty(transcoders.n_layers, transcoders.d_transcoder, config.heap_size, device)
@@ -352,7 +353,7 @@ def label_features(
     Raises LabelError for a corpus without tokens; TranscoderError when the set does not fit the model.
     """
     cfg = config or LabelConfig()
-    adapter = adapter_for(model)
+    adapter = adapter_for(model, hooks=hooks_of(transcoders))
     transcoders.validate_for(n_layers=adapter.n_layers, d_model=adapter.d_model, model_name=model_name)
     heaps, n_tokens, n_docs = _scan(model, tokenizer, transcoders, corpus, cfg)
     log(f"feature labels: scanned {n_tokens:,} tokens of {n_docs:,} documents")

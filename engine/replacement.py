@@ -1,8 +1,9 @@
 """The local replacement model of one prompt.
 
 1. Run the model once on the prompt while the `Freezer` records attention patterns and norm scales.
-   Hooks capture each layer's MLP input x_l and MLP output m_l, the residual stream entering the
-   first block (the token-embedding nodes' vectors) and the logits.
+   Hooks capture each layer's transcoder input x_l and output m_l at the transcoder set's hook points
+   (`adapters.FeatureHooks`; "MLP input/output" below), the residual stream entering the first block
+   (the token-embedding nodes' vectors) and the logits.
 2. Encode every x_l with the transcoders: activations a_l (position 0 zeroed when it holds BOS, as
    circuit-tracer does: the attention sink is a constant, not an explanation).
 3. Reconstruct r_l = decode(a)_l + b_dec_l + skip_l(x_l) and keep the error e_l = m_l - r_l, so that
@@ -21,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from circuitbase.engine.adapters import ModelAdapter
-from circuitbase.engine.freezing import Freezer
+from circuitbase.engine.adapters import FeatureHooks, ModelAdapter
+from circuitbase.engine.freezing import Freezer, normalized_input
 from circuitbase.engine.transcoders import TranscoderSet
 
 
@@ -37,7 +38,7 @@ class ReplacementState:
     activations: list[torch.Tensor]  # per layer [T, d_tc], position 0 zeroed when it is BOS
     reconstructions: list[torch.Tensor]  # per layer [T, d] (decoder + b_dec + skip)
     errors: list[torch.Tensor]  # per layer [T, d] = mlp_outputs - reconstructions
-    logits: torch.Tensor  # [T, vocab]
+    logits: torch.Tensor  # [1, vocab]: the last position's
     freezer: Freezer
     zeroed_positions: int  # leading positions whose features and errors are constants, not nodes
 
@@ -69,7 +70,9 @@ def hooked(
 ) -> Iterator[None]:
     """Install the hooks the replacement model needs for the duration of the block.
 
-    `on_embeddings` and `on_mlp_output` may return a tensor that replaces the value in the forward.
+    `on_mlp_input` sees the transcoder input and `on_mlp_output` the transcoder output at the hook points
+    `adapter` is bound to (`ModelAdapter.feature_input` / `feature_output`). `on_embeddings` and
+    `on_mlp_output` may return a tensor that replaces the value in the forward.
     """
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -83,19 +86,25 @@ def hooked(
 
     for layer in range(adapter.n_layers):
         if on_mlp_input is not None:
+            module, site = adapter.feature_input(layer)
 
             def in_hook(
-                _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layer: int = layer
+                module: nn.Module,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+                layer: int = layer,
+                site: str = site,
             ) -> None:
-                on_mlp_input(layer, _hidden_states_arg(args, kwargs))
+                x = _hidden_states_arg(args, kwargs)
+                on_mlp_input(layer, x if site == "input" else normalized_input(adapter, module, x))
 
-            handles.append(adapter.mlp_in_module(layer).register_forward_pre_hook(in_hook, with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(in_hook, with_kwargs=True))
         if on_mlp_output is not None:
 
             def out_hook(_m: nn.Module, _args: Any, output: torch.Tensor, layer: int = layer) -> Any:
                 return on_mlp_output(layer, output)
 
-            handles.append(adapter.mlp_out_module(layer).register_forward_hook(out_hook))
+            handles.append(adapter.feature_output(layer).register_forward_hook(out_hook))
 
     if on_unembed_input is not None:
 
@@ -131,6 +140,11 @@ def mlps_bypassed(adapter: ModelAdapter) -> Iterator[None]:
             del module.forward
 
 
+def hooks_of(transcoders: TranscoderSet) -> FeatureHooks:
+    """The hook names a transcoder set reads from and writes to."""
+    return FeatureHooks(input=transcoders.config.input_hook, output=transcoders.config.output_hook)
+
+
 def zeroed_positions_for(input_ids: torch.Tensor, adapter: ModelAdapter) -> int:
     """1 when the prompt starts with the model's BOS token (its features become constants), else 0."""
     bos = adapter.bos_token_id
@@ -141,10 +155,19 @@ def zeroed_positions_for(input_ids: torch.Tensor, adapter: ModelAdapter) -> int:
 def build_replacement_state(
     model: nn.Module, adapter: ModelAdapter, transcoders: TranscoderSet, input_ids: torch.Tensor
 ) -> ReplacementState:
-    """Run the clean, recorded forward pass of one prompt and derive activations and errors."""
+    """Run the clean, recorded forward pass of one prompt and derive activations and errors.
+
+    `adapter` must be bound to the transcoder set's hooks (`adapter.with_hooks(hooks_of(transcoders))`).
+    """
     if input_ids.dim() != 1:
         raise ValueError(
             f"expected one prompt's token ids as a 1-D tensor, got shape {tuple(input_ids.shape)}"
+        )
+    if adapter.hooks != hooks_of(transcoders):
+        raise ValueError(
+            f"the adapter reads/writes at {adapter.hooks.input}/{adapter.hooks.output} but the transcoder "
+            f"set at {transcoders.config.input_hook}/{transcoders.config.output_hook}; "
+            "use adapter.with_hooks(hooks_of(transcoders))"
         )
     n_layers = adapter.n_layers
     mlp_in: list[torch.Tensor | None] = [None] * n_layers
@@ -166,7 +189,8 @@ def build_replacement_state(
         freezer.record(),
         hooked(adapter, on_embeddings=keep_embeddings, on_mlp_input=keep_in, on_mlp_output=keep_out),
     ):
-        logits = model(input_ids[None].to(device)).logits[0].detach()
+        # the last position's logits only: a [T, vocab] block is large and nothing reads the others
+        logits = model(input_ids[None].to(device), logits_to_keep=1, use_cache=False).logits[0].detach()
 
     zeroed = zeroed_positions_for(input_ids, adapter)
     inputs = [x for x in mlp_in if x is not None]

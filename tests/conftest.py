@@ -19,6 +19,7 @@ from typing import IO
 
 import neo4j
 import pytest
+import torch
 
 from circuitbase.dbserver.config import InstanceConfig, Layout
 from circuitbase.dbserver.errors import DbServerError
@@ -26,6 +27,7 @@ from circuitbase.dbserver.server import start as start_local_server
 from circuitbase.dbserver.server import stop as stop_local_server
 from circuitbase.ingest.schema import wipe_database
 from circuitbase.settings import URI_ENV, Neo4jSettings, load_neo4j_settings, local_instance_settings
+from tests.numerics import DEVICES
 
 NEO4J_TEST_INSTANCE = InstanceConfig(name="test", bolt_port=7698, http_port=7485, heap="1g", pagecache="256m")
 NEO4J_TEST_IMAGE = "neo4j:5.26-community"
@@ -147,3 +149,17 @@ def clean_db(neo4j_driver: neo4j.Driver, neo4j_settings: Neo4jSettings) -> neo4j
 
 
 # ============================================ end of Neo4j ============================================
+
+
+# ======================================================================================================
+# Devices: engine tests take `device`, parametrised over every device present (tests/numerics.py).
+# ======================================================================================================
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each device present: the CPU always, CUDA when there is one."""
+    return torch.device(request.param)
+
+
+# ============================================ end of Devices ==========================================

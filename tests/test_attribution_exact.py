@@ -19,6 +19,7 @@ from circuitbase.engine.attribution import AttributionConfig, LinearizedPrompt, 
 from circuitbase.engine.interventions import FeatureIntervention, run_with_interventions
 from circuitbase.engine.replacement import build_replacement_state, hooked
 from circuitbase.engine.transcoders import TranscoderSet
+from tests.numerics import assert_close
 from tests.tiny_models import tiny_input_ids, tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "circuit-tracer-format"
@@ -27,15 +28,15 @@ FIXTURE_SETS = ["plt-jumprelu-skip", "plt-relu", "clt-jumprelu"]
 EVERYTHING = AttributionConfig(max_feature_nodes=None, batch_size=32)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
+@pytest.fixture
+def tiny_llama(device):
     model = AutoModelForCausalLM.from_pretrained(FIXTURES / "tiny-llama", dtype=torch.float32)
-    model.eval()
+    model = model.to(device).eval()
     return model, adapter_for(model)
 
 
-def _fixture_input(name: str) -> torch.Tensor:
-    return torch.tensor(VALIDATION["variants"][name]["input_tokens"])
+def _fixture_input(name: str, device: torch.device) -> torch.Tensor:
+    return torch.tensor(VALIDATION["variants"][name]["input_tokens"], device=device)
 
 
 def _edge(graph, target: int, source: int) -> float:
@@ -83,46 +84,46 @@ def _linear_forward(model, adapter, transcoders, state, *, embed_delta=None, con
         state.freezer.replay(),
         hooked(adapter, on_embeddings=lambda _h: embeddings[None], on_mlp_input=on_in, on_mlp_output=on_out),
     ):
-        logits = model(state.input_ids[None]).logits[0]
+        logits = model(state.input_ids[None].to(embeddings.device)).logits[0]
     return logits, linear_inputs
 
 
 @pytest.mark.parametrize("name", FIXTURE_SETS)
-def test_fixture_sets_match_circuit_tracer(tiny_llama, name):
+def test_fixture_sets_match_circuit_tracer(tiny_llama, name, device):
     """Active features and graph size agree with circuit-tracer 0.5.0's figures for the same files."""
     model, adapter = tiny_llama
-    transcoders = TranscoderSet.load(FIXTURES / name)
+    transcoders = TranscoderSet.load(FIXTURES / name, device=device)
     expected = VALIDATION["variants"][name]
-    graph = attribute(model, adapter, transcoders, _fixture_input(name), config=EVERYTHING)
+    graph = attribute(model, adapter, transcoders, _fixture_input(name, device), config=EVERYTHING)
     assert graph.active_features.shape[0] == expected["n_active_features"]
     assert graph.n_nodes == expected["n_nodes"]
     assert graph.n_logits == expected["n_logit_nodes"]
     assert graph.adjacency._nnz() == expected["n_edges_nonzero"]  # same non-zero direct effects
     assert [int(t) for t in graph.logit_tokens] == [item["id"] for item in expected["top_logits"]]
     reference = torch.tensor([row[3] for row in expected["active_features"]])
-    assert torch.allclose(graph.activations, reference, atol=1e-5)
+    assert_close(graph.activations, reference, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", FIXTURE_SETS)
-def test_linear_forward_reproduces_logits(tiny_llama, name):
+def test_linear_forward_reproduces_logits(tiny_llama, name, device):
     model, adapter = tiny_llama
-    transcoders = TranscoderSet.load(FIXTURES / name)
-    state = build_replacement_state(model, adapter, transcoders, _fixture_input(name))
+    transcoders = TranscoderSet.load(FIXTURES / name, device=device)
+    state = build_replacement_state(model, adapter, transcoders, _fixture_input(name, device))
     with torch.no_grad():
-        original = model(state.input_ids[None]).logits[0]
+        original = model(state.input_ids[None].to(device)).logits[0]
     replaced, _ = _linear_forward(model, adapter, transcoders, state)
-    assert torch.allclose(replaced, original, atol=1e-5)
+    assert_close(replaced, original, rel=1e-5)
     sources = active_sources(state)
     linear = LinearizedPrompt(model, adapter, transcoders, state, sources, batch_size=2)
-    assert torch.allclose(model.lm_head(linear.final[0][0]), original, atol=1e-5)
+    assert_close(model.lm_head(linear.final[0]), original, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", FIXTURE_SETS)
-def test_feature_edges_equal_interventions(tiny_llama, name):
+def test_feature_edges_equal_interventions(tiny_llama, name, device):
     """Zeroing a source feature changes a target feature's pre-activation and a logit by -edge."""
     model, adapter = tiny_llama
-    transcoders = TranscoderSet.load(FIXTURES / name)
-    ids = _fixture_input(name)
+    transcoders = TranscoderSet.load(FIXTURES / name, device=device)
+    ids = _fixture_input(name, device)
     graph = attribute(model, adapter, transcoders, ids, config=EVERYTHING)
     state = build_replacement_state(model, adapter, transcoders, ids)
     selected = graph.active_features[graph.selected_features].tolist()
@@ -155,10 +156,10 @@ def test_feature_edges_equal_interventions(tiny_llama, name):
 
 
 @pytest.mark.parametrize("name", FIXTURE_SETS)
-def test_error_and_token_edges_equal_forward_differences(tiny_llama, name):
+def test_error_and_token_edges_equal_forward_differences(tiny_llama, name, device):
     model, adapter = tiny_llama
-    transcoders = TranscoderSet.load(FIXTURES / name)
-    ids = _fixture_input(name)
+    transcoders = TranscoderSet.load(FIXTURES / name, device=device)
+    ids = _fixture_input(name, device)
     graph = attribute(model, adapter, transcoders, ids, config=EVERYTHING)
     state = build_replacement_state(model, adapter, transcoders, ids)
     selected = graph.active_features[graph.selected_features].tolist()
@@ -202,9 +203,9 @@ def test_error_and_token_edges_equal_forward_differences(tiny_llama, name):
         ("gemma3_text", True, "topk"),
     ],
 )
-def test_families_edges_equal_interventions(family, cross_layer, activation):
+def test_families_edges_equal_interventions(family, cross_layer, activation, device):
     """On tiny random models of each family: every feature->logit edge of a sample equals an intervention."""
-    model = tiny_model(family)
+    model = tiny_model(family).to(device)
     adapter = adapter_for(model)
     transcoders = TranscoderSet.random(
         n_layers=adapter.n_layers,
@@ -215,14 +216,14 @@ def test_families_edges_equal_interventions(family, cross_layer, activation):
         skip=not cross_layer,
         k=6,
         seed=7,
-    )
-    ids = tiny_input_ids(length=10)[0]
+    ).to(device)
+    ids = tiny_input_ids(length=10)[0].to(device)
     graph = attribute(model, adapter, transcoders, ids, config=EVERYTHING)
     state = build_replacement_state(model, adapter, transcoders, ids)
     with torch.no_grad():
         original = model(ids[None]).logits[0]
     replaced, _ = _linear_forward(model, adapter, transcoders, state)
-    assert torch.allclose(replaced, original, atol=1e-4)
+    assert_close(replaced, original, rel=1e-5)
     selected = graph.active_features[graph.selected_features].tolist()
     assert len(selected) > 10
     token = int(graph.logit_tokens[0])

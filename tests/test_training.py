@@ -23,6 +23,7 @@ from circuitbase.engine.training import (
     training_loss,
 )
 from circuitbase.engine.transcoders import TranscoderSet
+from tests.numerics import assert_close
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 BASE = TrainConfig(
@@ -104,9 +105,10 @@ def test_sparse_topk_decode_equals_the_dense_decode_with_its_gradients(kind: str
         (out - target).pow(2).sum().backward()
         grads.append([p.grad.clone() for p in tc.W_dec])
         assert out.shape == (40, 3, 16)
-    assert torch.allclose(tc.decode(dense_acts), tc.decode_sparse(indices, values), atol=1e-5)
+    assert_close(tc.decode(dense_acts), tc.decode_sparse(indices, values), rel=1e-5)
     for dense, sparse in zip(*grads, strict=True):
-        assert torch.allclose(dense, sparse, atol=1e-4) and dense.abs().sum() > 0
+        assert_close(dense, sparse, rel=1e-5)
+        assert dense.abs().sum() > 0
 
 
 @pytest.mark.parametrize("kind", ["plt", "clt"])
@@ -173,7 +175,7 @@ def test_capture_stops_after_the_last_mlp_and_matches_a_full_forward(model, toke
         model(torch.tensor([ids[0]]))
     assert acts.shape == (len(ids[0]) + len(ids[1]), adapter.n_layers, 2, adapter.d_model)
     for layer, m in enumerate(outputs):
-        assert torch.allclose(acts[: len(ids[0]), layer, 1], m[0], atol=1e-5)
+        assert_close(acts[: len(ids[0]), layer, 1], m[0], rel=1e-5)
 
 
 def test_python_docs_corpus_is_english_prose_written_once(tmp_path: Path) -> None:

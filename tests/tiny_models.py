@@ -3,10 +3,15 @@
 Every model has d_model 64, 2 layers, 4 query heads (2 key/value heads where the family has GQA), a
 512-token vocabulary (the size of the fixture tokenizer) and weights large enough that attention and
 normalisation are visibly nonlinear. Gemma models get a 4-token sliding window and softcaps.
+
+`parity_model` and `parity_transcoder_weights` draw every tensor from its own seeded generator, so the
+same weights come out under any transformers version (the circuit-tracer parity fixtures are made in a
+side environment with an older one; tests/fixtures/parity/README.md).
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import torch
@@ -96,3 +101,53 @@ def tiny_input_ids(*, length: int = 10, seed: int = 1) -> torch.Tensor:
     ids = torch.randint(4, VOCAB, (1, length), generator=generator)
     ids[0, 0] = 1
     return ids
+
+
+def _seeded_normal(seed: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    return torch.randn(shape, generator=generator)
+
+
+def parity_model(family: str, *, seed: int) -> PreTrainedModel:
+    """A float32, eval-mode, eager-attention tiny model of ``family`` whose weights depend only on the seed.
+
+    Each parameter is drawn from a generator seeded by ``seed`` and its name: matrices and embeddings
+    ~ N(0, 0.15^2), biases ~ N(0, 0.05^2), norm weights w ~ N(0, 0.3^2) for Gemma's ``(1 + w)`` norms and
+    1 + N(0, 0.3^2) for the others (LayerNorm biases ~ N(0, 0.05^2)).
+    """
+    model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager")
+    one_plus = family.startswith("gemma")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = _seeded_normal(seed, name, tuple(parameter.shape))
+            if name.endswith("bias"):
+                value = 0.05 * noise
+            elif "norm" in name or ".ln_" in name:
+                value = 0.3 * noise if one_plus else 1.0 + 0.3 * noise
+            else:
+                value = 0.15 * noise
+            parameter.copy_(value)
+    return model.eval()
+
+
+def parity_transcoder_weights(
+    *, seed: int, n_layers: int, d_model: int, d_transcoder: int
+) -> dict[str, list[torch.Tensor]]:
+    """Seeded per-layer transcoder tensors except the calibrated ``b_enc`` and ``threshold``.
+
+    ``W_enc`` rows are unit directions times a scale in [0.5, 2); ``W_dec`` ~ N(0, 0.3^2 / d_model),
+    ``b_dec`` ~ N(0, 0.05^2), ``W_skip`` ~ N(0, 0.2^2 / d_model).
+    """
+    tensors: dict[str, list[torch.Tensor]] = {"W_enc": [], "W_dec": [], "b_dec": [], "W_skip": []}
+    for layer in range(n_layers):
+        directions = _seeded_normal(seed, f"{layer}.W_enc", (d_transcoder, d_model))
+        scales = 0.5 + 1.5 * _seeded_normal(seed, f"{layer}.scale", (d_transcoder, 1)).sigmoid()
+        tensors["W_enc"].append(directions / directions.norm(dim=1, keepdim=True) * scales)
+        tensors["W_dec"].append(
+            0.3 / d_model**0.5 * _seeded_normal(seed, f"{layer}.W_dec", (d_transcoder, d_model))
+        )
+        tensors["b_dec"].append(0.05 * _seeded_normal(seed, f"{layer}.b_dec", (d_model,)))
+        tensors["W_skip"].append(
+            0.2 / d_model**0.5 * _seeded_normal(seed, f"{layer}.W_skip", (d_model, d_model))
+        )
+    return tensors
