@@ -2,12 +2,13 @@
 
 Definitions (also in cypher/README.md, "Recurrence"): an edge (u, v) between global nodes (Feature or
 Token) occurs in a complete graph g when an EDGE of g from an instance of u to an instance of v has
-|weight| >= `min_weight`, unless u is a start token (the input Token at position 0 of every complete graph
-of its model, e.g. BOS). A subcircuit S is a set of such edges, connected through its Features; it occurs
-in g when all of its edges do; its support is the number of those graphs, and it recurs when support >= k =
-max(`min_support`, ceil(`min_support_fraction` * complete graphs)). Its specificity is support / the
-largest feature support of its Features (feature support: complete graphs keeping an instance of it), and
-it is specific when specificity >= `min_specificity`. The miner reports *closed* specific recurring
+|weight| >= `min_weight`, unless u is a start token (a Token that complete graphs hold at position 0 and
+never later: the special token put before every prompt, e.g. BOS). A subcircuit S is a set of such
+edges, connected through its Features; it occurs in g when all of its edges do; its support is the
+number of those graphs, and it recurs when support >= k = max(`min_support`, ceil(`min_support_fraction`
+* complete graphs)). Its specificity is support / the largest feature support of its Features (feature
+support: complete graphs keeping an instance of it), and it is specific when specificity >=
+`min_specificity`. The miner reports *closed* specific recurring
 subcircuits: no adjacent recurring edge can be added without losing one of S's graphs or its specificity.
 
 1. Start tokens; candidates: aggregated ATTRIBUTES edges seen in >= k graphs (an upper bound of the
@@ -29,8 +30,9 @@ template) would join every closure over those prompts and swallow the specific o
 h-confidence of frequent-pattern mining) keeps it out. Tokens are the prompt's words and the answers:
 every feature of a prompt reads the same tokens, so edges meeting only at a Token are not one mechanism.
 A start token is a constant: causal attention makes position 0 the same in every prompt that starts with
-it (attribution zeroes the features at a BOS position for that reason), so its edges, which reach every
-subcircuit, explain nothing. Total influence ranks what carries the output, summed over the graphs.
+it (attribution zeroes the features at that position for that reason), so its edges, which reach every
+subcircuit, explain nothing. A word that starts a prompt also occurs later in others, so it stays. Total
+influence ranks what carries the output, summed over the graphs.
 
 Why client-side: closed frequent-subgraph mining is neither a GDS algorithm nor expressible as one Cypher
 query. Only the recurring edges (usually a small share of all edges) are held in Python, as graph
@@ -55,14 +57,13 @@ from circuitbase.analysis.queries import load_query
 STEP = "subcircuits"
 
 _START_TOKENS = """
-MATCH (g:Graph) WHERE g.complete = true
-WITH g.model AS model, count(g) AS graphs, min(g.id) AS first
-MATCH (n:TokenNode {graph: first}) WHERE n.position = 0
-MATCH (n)-[:INSTANCE_OF]->(t:Token)
-MATCH (t)<-[:INSTANCE_OF]-(:TokenNode {position: 0})-[:IN_GRAPH]->(h:Graph)
-WHERE h.complete = true
-WITH t, graphs, count(DISTINCT h) AS starts
-WHERE starts = graphs
+MATCH (g:Graph)<-[:IN_GRAPH]-(:TokenNode {position: 0})-[:INSTANCE_OF]->(t:Token)
+WHERE g.complete = true
+WITH DISTINCT t
+WHERE NOT EXISTS {
+  MATCH (t)<-[:INSTANCE_OF]-(n:TokenNode)-[:IN_GRAPH]->(h:Graph)
+  WHERE n.position > 0 AND h.complete = true
+}
 RETURN t.key AS key
 ORDER BY key
 """

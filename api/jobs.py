@@ -28,11 +28,12 @@ log = logging.getLogger("circuitbase.api")
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """What ingest jobs attribute with: `model` (a model dir, .gguf or known name), `transcoders` (a set
-    directory), `graphs_out` (where graph files go), `device` ('auto', 'cpu' or 'cuda'; default 'auto')."""
+    """What ingest jobs attribute with: `model` and `transcoders` (any spec `engine.loading` accepts: names,
+    folders, Hub repo ids, hf:// URIs), `graphs_out` (where graph files go), `device` ('auto', 'cpu' or
+    'cuda'; default 'auto')."""
 
     model: str
-    transcoders: Path
+    transcoders: str
     graphs_out: Path
     device: str = "auto"
 

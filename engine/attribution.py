@@ -310,7 +310,13 @@ def attribute(
     logit_ids, logit_probs = select_logits(
         state.logits[-1], max_logits=config.max_logits, probability=config.logit_probability
     )
+    budget = (
+        sources.n_active
+        if config.max_feature_nodes is None
+        else min(config.max_feature_nodes, sources.n_active)
+    )
     batch_size = _affordable_batch(config, n_positions=n_pos, d_model=adapter.d_model, n_layers=n_layers)
+    batch_size = min(batch_size, max(budget, logit_ids.numel(), 1))  # no more copies than a pass seeds
     linear = LinearizedPrompt(model, adapter, transcoders, state, sources, batch_size=batch_size)
 
     unembed = adapter.unembedding()
@@ -324,11 +330,6 @@ def attribute(
             )
             for part in centered.split(batch_size)
         ]
-    )
-    budget = (
-        sources.n_active
-        if config.max_feature_nodes is None
-        else min(config.max_feature_nodes, sources.n_active)
     )
     store = RowStore(
         logit_rows=logit_rows,
@@ -435,3 +436,21 @@ def _package(
         prompt_meta=prompt_meta,
         params=asdict(config),
     )
+
+
+def memory_note(graph: AttributionGraph) -> str | None:
+    """One line saying how the row memory cap limited a graph's visit, or None when it did not."""
+    params = graph.params
+    asked = params["max_feature_nodes"]
+    n_active = int(graph.active_features.shape[0])
+    visited = int(graph.selected_features.numel())
+    cap = f"--max-row-memory-mb {params['max_row_memory_mb']}"
+    if params.get("feature_nodes_capped_by_memory"):
+        wanted = n_active if asked is None else min(asked, n_active)
+        return f"{visited} of {wanted} feature nodes visited: the rows hit {cap}; raise it to visit more"
+    if params.get("candidate_features") is not None:
+        return (
+            f"nodes chosen among the {params['candidate_features']} most influential of {n_active} active "
+            f"features ({cap}); edges between them are exact"
+        )
+    return None

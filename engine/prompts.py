@@ -9,6 +9,12 @@
 Each prompt gets a stable id (given, or a hash of its text and answer), so re-runs find their graphs.
 A malformed line raises `PromptFileError` naming the file and line; with `skip_bad=True` bad lines are
 collected in `PromptSet.rejected` instead.
+
+`prompt_token_ids` is the one place a prompt string becomes token ids, exactly as circuit-tracer 0.5.0
+does it (`ensure_tokenized`): the text is tokenised without the tokenizer's own special tokens, then a
+special token is put first unless the first token already is one. Position 0 is an attention sink with
+atypical activations; attribution leaves that position out of the graph. Token ids given directly to
+`engine.attribution.attribute` are used as given.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class PromptFileError(ValueError):
@@ -40,6 +47,29 @@ class Prompt:
 class PromptSet:
     prompts: list[Prompt]
     rejected: list[str] = field(default_factory=list)  # "file:line: reason"
+
+
+def start_token_id(tokenizer: Any) -> int | None:
+    """The special token put before a prompt: BOS, else PAD, else EOS, else the tokenizer's first special
+    token; None when it has none. (circuit-tracer picks the same, except that it also skips a candidate
+    whose id is 0, a falsy-value slip: on such tokenizers it falls through to the next candidate.)"""
+    candidates = (
+        tokenizer.bos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        *tokenizer.all_special_ids,
+    )
+    return next((int(c) for c in candidates if c is not None), None)
+
+
+def prompt_token_ids(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of prompt `text` (see the module docstring): `start_token_id` first unless the text's
+    first token is already a special token."""
+    ids = [int(i) for i in tokenizer(text, add_special_tokens=False).input_ids]
+    if ids and ids[0] in set(tokenizer.all_special_ids):
+        return ids
+    start = start_token_id(tokenizer)
+    return ids if start is None else [start, *ids]
 
 
 def prompt_id(text: str, answer: str | None) -> str:

@@ -1,9 +1,9 @@
 """Attribution for many prompts: one graph file per prompt, resumable, with a progress bar.
 
 1. Prompts whose graph file already exists in the output directory are skipped (re-runs resume).
-2. Each remaining prompt is tokenised (with the model's special tokens), attributed, marked with the
-   model's top prediction and whether it matches the expected answer, and written atomically, so a
-   crash loses at most the graph in flight.
+2. Each remaining prompt is tokenised as circuit-tracer does (`prompts.prompt_token_ids`), attributed,
+   marked with the model's top prediction and whether it matches the expected answer, and written
+   atomically, so a crash loses at most the graph in flight.
 3. Graphs are also yielded as they are written, so a consumer (the ingest pipeline) can load them
    into the database while the next one is being computed.
 """
@@ -15,13 +15,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from circuitbase.engine.attribution import AttributionConfig, attribute
+from circuitbase.engine.attribution import AttributionConfig, attribute, memory_note
 from circuitbase.engine.graph import AttributionGraph
 from circuitbase.engine.models import LoadedModel
 from circuitbase.engine.neuronpedia import write_neuronpedia
-from circuitbase.engine.prompts import Prompt
+from circuitbase.engine.prompts import Prompt, prompt_token_ids
 from circuitbase.engine.transcoders import TranscoderSet
 
 
@@ -53,16 +54,16 @@ def attribute_prompt(
 ) -> AttributionGraph:
     """Tokenise and attribute one prompt; the graph carries the prompt's metadata and correctness."""
     tokenizer = loaded.tokenizer
-    ids = tokenizer(prompt.text, return_tensors="pt").input_ids[0]
+    ids = prompt_token_ids(tokenizer, prompt.text)
     device = loaded.adapter.unembedding().device
     graph = attribute(
         loaded.model,
         loaded.adapter,
         transcoders,
-        ids.to(device),
+        torch.tensor(ids, dtype=torch.long, device=device),
         config=config,
         model_name=loaded.name,
-        token_strings=[tokenizer.decode([i]) for i in ids.tolist()],
+        token_strings=[tokenizer.decode([i]) for i in ids],
         prompt=prompt.text,
         prompt_meta=prompt.meta(),
     )
@@ -104,6 +105,9 @@ def iter_attribute(
                 summary.skipped += 1
             else:
                 graph = attribute_prompt(loaded, transcoders, prompt, config=config)
+                note = memory_note(graph)
+                if note is not None:
+                    progress.console.print(f"[yellow]{prompt.id}[/yellow]: {note}")
                 graph.save(path)
                 if neuronpedia:
                     write_neuronpedia(graph, path.with_suffix(".json"), slug=prompt.id)

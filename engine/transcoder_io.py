@@ -1,22 +1,28 @@
-"""The on-disk transcoder format read by circuit-tracer 0.5.0 (a folder with config.yaml + safetensors).
+"""Transcoder sets in every layout circuit-tracer 0.5.0 reads, and writing circuit-tracer's own layout.
 
-Per-layer set (`model_kind: transcoder_set`): `layer_{i}.safetensors` for i = 0..n_layers-1, or a
-`transcoders:` list in config.yaml (one local file per layer, in layer order). Tensors per file:
-`W_enc` [d_tc, d_model], `b_enc` [d_tc], `W_dec` [d_tc, d_model], `b_dec` [d_model], optional
-`activation_function.threshold` [d_tc] (JumpReLU) and `W_skip` [d_model_out, d_model_in].
-
-Cross-layer set (`model_kind: cross_layer_transcoder`): `W_enc_{i}.safetensors` with `W_enc_{i}`,
-`b_enc_{i}`, `b_dec_{i}`, optional `threshold_{i}`; `W_dec_{i}.safetensors` with `W_dec_{i}`
-[d_tc, n_layers - i, d_model]. No skip tensor exists in this format.
+A set is a `config.yaml` (found by `transcoder_sources`: a local folder or file, a preset name, an
+`hf://` URI or a Hub repo id) plus weight files:
+- per-layer (`model_kind: transcoder_set`): `layer_{i}.safetensors` next to config.yaml, or a
+  `transcoders:` list naming one file per layer (local paths or `hf://` URIs): circuit-tracer
+  safetensors, GemmaScope `params.npz` or Gemma Scope 2 safetensors (`transcoder_formats`);
+- cross-layer (`model_kind: cross_layer_transcoder`): `W_enc_{i}.safetensors` + `W_dec_{i}.safetensors`,
+  or a `transcoders:` list of Gemma Scope 2 cross-layer files. No skip tensor exists for these.
 
 Reading:
 1. parse config.yaml; check model kind and hook names;
-2. find the files (hf:// paths are refused: nothing is downloaded), load them, reject `log_thresholds`
-   and unknown tensors, check every shape against d_transcoder/d_model taken from the first file;
-3. pick the activation the way circuit-tracer does (threshold tensors present -> JumpReLU, else ReLU),
+2. list the layers (a Hub set: one listing, no weights) and check the layer count (and a declared
+   d_model) against config.yaml and the model (`ModelFit`), before any weights are read or downloaded;
+3. read layer by layer, fetching each layer's files from the Hub just before reading them (cached in the
+   Hugging Face cache); the first layer gives d_transcoder/d_model (checked against the model), every
+   tensor is checked against them; `log_thresholds` and unknown tensors are rejected; tensors are
+   converted to the requested dtype and device as they are read (bfloat16 and float32 files alike);
+4. pick the activation the way circuit-tracer does (threshold tensors present -> JumpReLU, else ReLU),
    except that our own `activation: topk` + `k: N` keys select TopK (circuit-tracer would load such a
    set as ReLU);
-4. check dimensions that config.yaml declares (`n_layers`, `d_model`, `d_transcoder`) against the files.
+5. check dimensions that config.yaml declares (`d_model`, `d_transcoder`) against the files.
+
+A Hub set's name is circuit-tracer's `scan` for it (repo[//folder][@revision]); a local set's is the
+config's `scan`, else the folder name.
 
 Writing goes to a temporary folder next to the target, which is renamed into place at the end.
 """
@@ -34,20 +40,22 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from circuitbase.engine.activations import ACTIVATIONS
+from circuitbase.engine.adapters import INPUT_HOOKS, OUTPUT_HOOKS  # circuit-tracer's names and meanings
+from circuitbase.engine.transcoder_errors import TranscoderError
+from circuitbase.engine.transcoder_formats import (
+    Convert,
+    read_cross_layer_files,
+    read_gemma_scope_2_cross_layer_file,
+    read_per_layer_file,
+)
+from circuitbase.engine.transcoder_sources import TranscoderSource, resolve_source
 
-INPUT_HOOKS = ("mlp.hook_in", "ln2.hook_normalized")  # MLP input, after the pre-MLP norm
-OUTPUT_HOOKS = ("mlp.hook_out", "hook_mlp_out")  # MLP output
 KINDS = {"per_layer": "transcoder_set", "cross_layer": "cross_layer_transcoder"}
 _KIND_OF_MODEL_KIND = {v: k for k, v in KINDS.items()}
 _PLT_THRESHOLD = "activation_function.threshold"
-
-
-class TranscoderError(ValueError):
-    """Transcoder files, shapes, hooks or settings that cannot be used (the message names which)."""
 
 
 @dataclass(frozen=True)
@@ -117,24 +125,118 @@ def check_hook(key: str, hook: str, supported: tuple[str, ...], *, where: str = 
         raise TranscoderError(f"{prefix}unsupported {key} {hook!r}; supported: {', '.join(supported)}")
 
 
-def _offline_error(where: str, uri: str) -> TranscoderError:
-    return TranscoderError(
-        f"{where}: {uri!r} is a Hugging Face Hub path; circuitbase loads transcoders offline only. "
-        "Download the files and give a local folder (or list local file paths under `transcoders:`)."
-    )
+@dataclass(frozen=True)
+class ModelFit:
+    """The shape a set must have to replace a model's MLPs: `n_layers` layers of width `d_model`.
+
+    model_name: named in the error (default none).
+    """
+
+    n_layers: int
+    d_model: int
+    model_name: str = ""
+
+    def check(self, set_name: str, *, n_layers: int, d_model: int | None) -> None:
+        """Raise TranscoderError naming each dimension where the set (`d_model` None: not known yet) and
+        the model differ."""
+        problems = [
+            f"{what}: model has {expected}, transcoders have {found}"
+            for what, expected, found in (
+                ("n_layers", self.n_layers, n_layers),
+                ("d_model", self.d_model, d_model),
+            )
+            if found is not None and expected != found
+        ]
+        if problems:
+            model = f" {self.model_name!r}" if self.model_name else ""
+            raise TranscoderError(f"transcoders {set_name!r} do not fit model{model}: {'; '.join(problems)}")
 
 
 def read_transcoders(
-    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    spec: str | Path | TranscoderSource,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    decoder_device: str | torch.device | None = None,
+    fit: ModelFit | None = None,
 ) -> tuple[TranscoderConfig, TranscoderWeights]:
-    """Read a transcoder folder (see the module docstring) onto `device` as `dtype` (default cpu, float32)."""
-    if str(path).startswith("hf://"):
-        raise _offline_error("transcoder path", str(path))
-    root = Path(path)
-    config_path = root / "config.yaml"
+    """Read a transcoder set (see the module docstring) onto `device` as `dtype` (default cpu, float32),
+    decoders onto `decoder_device` (default `device`). With `fit`, a set of the wrong layer count or
+    width fails before reading (or downloading) weights it does not need."""
+    source = resolve_source(spec)
+    config_path = source.config_path
+    raw = _parse_config(source)
+    kind = _KIND_OF_MODEL_KIND[raw["model_kind"]]
+    scan = raw.get("scan")
+    name = source.name or (scan if isinstance(scan, str) else source.folder.name)
+    layers = _layers(source, raw, kind)
+    declared = {key: raw[key] for key in ("n_layers", "d_model", "d_transcoder") if key in raw}
+    if "n_layers" in declared and declared["n_layers"] != len(layers):
+        raise TranscoderError(
+            f"{config_path}: declares n_layers={declared['n_layers']} but the tensor files give {len(layers)}"
+        )
+    if fit is not None:
+        d_model = declared.get("d_model")
+        fit.check(name, n_layers=len(layers), d_model=d_model if isinstance(d_model, int) else None)
+
+    to_device, to_decoder = torch.device(device), torch.device(decoder_device or device)
+
+    def convert(tensor_name: str, tensor: torch.Tensor) -> torch.Tensor:
+        target = to_decoder if tensor_name.startswith("W_dec") else to_device
+        return tensor.to(device=target, dtype=dtype).contiguous()
+
+    tensors: list[dict[str, torch.Tensor]] = []
+    for layer in layers:
+        files, found = layer.read(convert)
+        file = files[0]
+        if not tensors:
+            first_file, (d_tc, d_model) = file, _dims(file, found)
+            if fit is not None:
+                fit.check(name, n_layers=len(layers), d_model=d_model)
+        _check_layer(files, found, layer=layer.index, kind=kind, dims=(len(layers), d_tc, d_model))
+        for optional in ("threshold", "W_skip"):
+            reference = tensors[0] if tensors else found
+            _check_agrees(
+                file, optional, optional in found, f"{optional} in {first_file.name}", optional in reference
+            )
+        tensors.append(found)
+
+    for key, value in {"d_model": d_model, "d_transcoder": d_tc}.items():
+        if key in declared and declared[key] != value:
+            raise TranscoderError(
+                f"{config_path}: declares {key}={declared[key]} but the tensor files give {value}"
+            )
+    weights = TranscoderWeights(
+        W_enc=[t["W_enc"] for t in tensors],
+        b_enc=[t["b_enc"] for t in tensors],
+        W_dec=[t["W_dec"] for t in tensors],
+        b_dec=[t["b_dec"] for t in tensors],
+        threshold=[t["threshold"] for t in tensors] if "threshold" in tensors[0] else None,
+        W_skip=[t["W_skip"] for t in tensors] if "W_skip" in tensors[0] else None,
+    )
+    activation, k = _activation(raw, has_threshold=weights.threshold is not None, config_path=config_path)
+    config = TranscoderConfig(
+        kind=kind,
+        activation=activation,
+        k=k,
+        n_layers=len(tensors),
+        d_model=d_model,
+        d_transcoder=d_tc,
+        skip=weights.W_skip is not None,
+        input_hook=str(raw["feature_input_hook"]),
+        output_hook=str(raw["feature_output_hook"]),
+        name=name,
+        model_name=str(raw.get("model_name", "")),
+    )
+    return config, weights
+
+
+def _parse_config(source: TranscoderSource) -> dict[str, Any]:
+    """config.yaml as a mapping, with a supported model kind and hook names."""
+    config_path = source.config_path
     if not config_path.is_file():
         raise TranscoderError(
-            f"{root}: no config.yaml (expected a transcoder folder in circuit-tracer format)"
+            f"{source.folder}: no config.yaml (expected a transcoder folder in circuit-tracer format)"
         )
     try:
         raw = yaml.safe_load(config_path.read_text())
@@ -152,38 +254,109 @@ def read_transcoders(
         if key not in raw:
             raise TranscoderError(f"{config_path}: missing {key}; supported: {', '.join(supported)}")
         check_hook(key, str(raw[key]), supported, where=str(config_path))
+    return raw
 
-    loader = _Loader(device=device, dtype=dtype)
-    kind = _KIND_OF_MODEL_KIND[model_kind]
+
+@dataclass(frozen=True)
+class _Layer:
+    """One layer's files (`transcoders:` entries or names next to config.yaml) and how to read them.
+
+    layout: "per_layer" (any per-layer file), "cross_layer" (circuit-tracer's W_enc_i + W_dec_i) or
+    "gemma_scope_2_cross_layer" (one Gemma Scope 2 file per layer).
+    """
+
+    source: TranscoderSource
+    index: int
+    files: tuple[str, ...]
+    layout: str
+    where: str
+
+    def read(self, convert: Convert) -> tuple[list[Path], dict[str, torch.Tensor]]:
+        """(the layer's local files, its tensors), fetching the files first when they are on the Hub."""
+        paths = [self.source.fetch(file, where=self.where) for file in self.files]
+        if self.layout == "per_layer":
+            return paths, read_per_layer_file(paths[0], convert=convert)
+        if self.layout == "cross_layer":
+            return paths, read_cross_layer_files(*paths, layer=self.index, convert=convert)
+        return paths, read_gemma_scope_2_cross_layer_file(paths[0], layer=self.index, convert=convert)
+
+
+def _layers(source: TranscoderSource, raw: dict[str, Any], kind: str) -> list[_Layer]:
+    """The set's layers in order. Nothing is fetched here beyond a Hub listing, so the layer count is
+    known before any weights are."""
+    config_path = source.config_path
+    listed = raw.get("transcoders")
+    if listed is not None:
+        if not isinstance(listed, list) or not listed:
+            raise TranscoderError(f"{config_path}: `transcoders` must be a non-empty list of file paths")
+        layout = "per_layer" if kind == "per_layer" else "gemma_scope_2_cross_layer"
+        for layer, entry in enumerate(map(str, listed)):
+            if Path(entry.split("?")[0]).suffix not in (".safetensors", ".npz"):
+                raise TranscoderError(
+                    f"{config_path}: transcoders[{layer}] = {entry!r} is not a .safetensors or .npz file"
+                )
+        return [
+            _Layer(source, i, (str(entry),), layout, f"{config_path}: transcoders[{i}]")
+            for i, entry in enumerate(listed)
+        ]
+    names = set(source.names())
     if kind == "per_layer":
-        weights = _read_per_layer(root, raw, config_path, loader)
-    else:
-        weights = _read_cross_layer(root, raw, config_path, loader)
-
-    d_transcoder, d_model = weights.W_enc[0].shape
-    declared = {"n_layers": len(weights.W_enc), "d_model": d_model, "d_transcoder": d_transcoder}
-    for key, found in declared.items():
-        if key in raw and raw[key] != found:
+        indices = _indices(names, r"layer_(\d+)\.safetensors")
+        if not indices:
             raise TranscoderError(
-                f"{config_path}: declares {key}={raw[key]} but the tensor files give {found}"
+                f"{source.folder}: no layer_{{i}}.safetensors files and no `transcoders:` list in config.yaml"
             )
+        files = [(f"layer_{i}.safetensors",) for i in range(max(indices) + 1)]
+    else:
+        indices = _indices(names, r"W_enc_(\d+)\.safetensors")
+        if not indices:
+            raise TranscoderError(
+                f"{source.folder}: no W_enc_{{i}}.safetensors files for a cross-layer transcoder"
+            )
+        files = [(f"W_enc_{i}.safetensors", f"W_dec_{i}.safetensors") for i in range(max(indices) + 1)]
+    missing = [f for pair in zip(*files, strict=True) for f in pair if f not in names]
+    if missing:
+        raise TranscoderError(
+            f"{source.folder}: missing layer file(s) {missing} (layers 0..{len(files) - 1} are needed)"
+        )
+    return [_Layer(source, i, group, kind, str(config_path)) for i, group in enumerate(files)]
 
-    activation, k = _activation(raw, has_threshold=weights.threshold is not None, config_path=config_path)
-    scan = raw.get("scan")
-    config = TranscoderConfig(
-        kind=kind,
-        activation=activation,
-        k=k,
-        n_layers=len(weights.W_enc),
-        d_model=d_model,
-        d_transcoder=d_transcoder,
-        skip=weights.W_skip is not None,
-        input_hook=str(raw["feature_input_hook"]),
-        output_hook=str(raw["feature_output_hook"]),
-        name=scan if isinstance(scan, str) else root.name,
-        model_name=str(raw.get("model_name", "")),
-    )
-    return config, weights
+
+def _indices(names: AbstractSet[str], pattern: str) -> list[int]:
+    return sorted(int(m.group(1)) for name in names if (m := re.fullmatch(pattern, name)))
+
+
+def _dims(file: Path, tensors: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(d_transcoder, d_model) of a layer, from its biases."""
+    b_enc, b_dec = tensors["b_enc"], tensors["b_dec"]
+    if b_enc.dim() != 1 or b_dec.dim() != 1:
+        raise TranscoderError(
+            f"{file}: biases b_enc {list(b_enc.shape)} and b_dec {list(b_dec.shape)} must be vectors"
+        )
+    return b_enc.shape[0], b_dec.shape[0]
+
+
+def _check_layer(
+    files: list[Path], tensors: dict[str, torch.Tensor], *, layer: int, kind: str, dims: tuple[int, int, int]
+) -> None:
+    """Every tensor of layer `layer` has the shape (n_layers, d_transcoder, d_model) = `dims` implies;
+    errors name the decoder's file (the last of `files`) for W_dec, else the first."""
+    n_layers, d_tc, d_model = dims
+    shapes = {
+        "W_enc": (d_tc, d_model),
+        "b_enc": (d_tc,),
+        "W_dec": (d_tc, n_layers - layer, d_model) if kind == "cross_layer" else (d_tc, d_model),
+        "b_dec": (d_model,),
+        "threshold": (d_tc,),
+        "W_skip": (d_model, d_model),
+    }
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != shapes[name]:
+            file = files[-1] if name == "W_dec" else files[0]
+            raise TranscoderError(
+                f"{file}: tensor {name} has shape {list(tensor.shape)}, expected {list(shapes[name])} "
+                f"(d_transcoder={d_tc}, d_model={d_model}, n_layers={n_layers})"
+            )
 
 
 def _activation(raw: dict[str, Any], *, has_threshold: bool, config_path: Path) -> tuple[str, int | None]:
@@ -200,48 +373,6 @@ def _activation(raw: dict[str, Any], *, has_threshold: bool, config_path: Path) 
     return "topk", k
 
 
-class _Loader:
-    """Loads safetensors files, converting to one device/dtype, and checks tensor names and shapes."""
-
-    def __init__(self, *, device: str | torch.device, dtype: torch.dtype) -> None:
-        self.device = str(device)
-        self.dtype = dtype
-
-    def load(
-        self, file: Path, *, required: AbstractSet[str], optional: AbstractSet[str] = frozenset()
-    ) -> dict[str, torch.Tensor]:
-        if not file.is_file():
-            raise TranscoderError(f"missing transcoder file {file}")
-        try:
-            tensors = load_file(file, device=self.device)
-        except (SafetensorError, OSError) as err:
-            raise TranscoderError(f"{file}: not a readable safetensors file ({err})") from err
-        names = set(tensors)
-        log_thresholds = sorted(n for n in names if n.startswith("log_threshold"))
-        if log_thresholds:
-            raise TranscoderError(
-                f"{file}: tensor {log_thresholds[0]!r} is not supported (circuit-tracer rejects log "
-                f"thresholds); store the thresholds as {_PLT_THRESHOLD!r} (per-layer) or "
-                "'threshold_{i}' (cross-layer)"
-            )
-        missing = sorted(required - names)
-        if missing:
-            raise TranscoderError(f"{file}: missing tensor(s) {missing}; found {sorted(names)}")
-        unexpected = sorted(names - required - optional)
-        if unexpected:
-            raise TranscoderError(
-                f"{file}: unexpected tensor(s) {unexpected}; expected {sorted(required | optional)}"
-            )
-        return {n: t.to(self.dtype).contiguous() for n, t in tensors.items()}
-
-    @staticmethod
-    def expect(file: Path, name: str, tensor: torch.Tensor, shape: tuple[int, ...], dims: str) -> None:
-        if tuple(tensor.shape) != shape:
-            raise TranscoderError(
-                f"{file}: tensor {name} has shape {list(tensor.shape)}, expected {list(shape)} ({dims})"
-            )
-
-
 def _check_agrees(file: Path, name: str, present: bool, reference: str, reference_present: bool) -> None:
     """Optional tensors must be present in every layer or in none."""
     if present != reference_present:
@@ -250,134 +381,6 @@ def _check_agrees(file: Path, name: str, present: bool, reference: str, referenc
             f"{file}: tensor {name} is {state[present]} but {reference} is {state[reference_present]}; "
             "all layers must agree"
         )
-
-
-def _per_layer_files(root: Path, raw: dict[str, Any], config_path: Path) -> list[Path]:
-    """Layer files in layer order: the `transcoders:` list of config.yaml, else layer_{i}.safetensors."""
-    listed = raw.get("transcoders")
-    if listed is not None:
-        if not isinstance(listed, list) or not listed:
-            raise TranscoderError(f"{config_path}: `transcoders` must be a non-empty list of file paths")
-        files = []
-        for layer, entry in enumerate(listed):
-            entry = str(entry)
-            if entry.startswith("hf://"):
-                raise _offline_error(f"{config_path}: transcoders[{layer}]", entry)
-            file = Path(entry) if Path(entry).is_absolute() else root / entry
-            if file.suffix != ".safetensors":
-                raise TranscoderError(
-                    f"{config_path}: transcoders[{layer}] = {entry!r} is not a .safetensors file "
-                    "(only circuit-tracer's safetensors layout is supported)"
-                )
-            files.append(file)
-        return files
-    by_layer: dict[int, Path] = {}
-    for file in root.glob("layer_*.safetensors"):
-        match = re.fullmatch(r"layer_(\d+)", file.stem)
-        if match:
-            by_layer[int(match.group(1))] = file
-    if not by_layer:
-        raise TranscoderError(
-            f"{root}: no layer_{{i}}.safetensors files and no `transcoders:` list in config.yaml"
-        )
-    missing = [f"layer_{i}.safetensors" for i in range(max(by_layer) + 1) if i not in by_layer]
-    if missing:
-        raise TranscoderError(
-            f"{root}: missing layer file(s) {missing} (layers 0..{max(by_layer)} are needed)"
-        )
-    return [by_layer[i] for i in range(len(by_layer))]
-
-
-def _read_per_layer(root: Path, raw: dict[str, Any], config_path: Path, loader: _Loader) -> TranscoderWeights:
-    files = _per_layer_files(root, raw, config_path)
-    required = {"W_enc", "b_enc", "W_dec", "b_dec"}
-    optional = {_PLT_THRESHOLD, "W_skip"}
-    layers = [loader.load(file, required=required, optional=optional) for file in files]
-    d_tc, d_model = layers[0]["b_enc"].shape[0], layers[0]["b_dec"].shape[0]
-    dims = f"d_transcoder={d_tc}, d_model={d_model} from {files[0].name}"
-    shapes = {
-        "W_enc": (d_tc, d_model),
-        "b_enc": (d_tc,),
-        "W_dec": (d_tc, d_model),
-        "b_dec": (d_model,),
-        _PLT_THRESHOLD: (d_tc,),
-        "W_skip": (d_model, d_model),
-    }
-    for file, tensors in zip(files, layers, strict=True):
-        for name, tensor in tensors.items():
-            loader.expect(file, name, tensor, shapes[name], dims)
-        for name in optional:
-            _check_agrees(file, name, name in tensors, f"{name} in {files[0].name}", name in layers[0])
-    return TranscoderWeights(
-        W_enc=[t["W_enc"] for t in layers],
-        b_enc=[t["b_enc"] for t in layers],
-        W_dec=[t["W_dec"] for t in layers],
-        b_dec=[t["b_dec"] for t in layers],
-        threshold=[t[_PLT_THRESHOLD] for t in layers] if _PLT_THRESHOLD in layers[0] else None,
-        W_skip=[t["W_skip"] for t in layers] if "W_skip" in layers[0] else None,
-    )
-
-
-def _read_cross_layer(
-    root: Path, raw: dict[str, Any], config_path: Path, loader: _Loader
-) -> TranscoderWeights:
-    if "transcoders" in raw:
-        raise TranscoderError(
-            f"{config_path}: a `transcoders:` list for a cross-layer transcoder (GemmaScope-2 layout) is not "
-            "supported; expected W_enc_{i}.safetensors / W_dec_{i}.safetensors files"
-        )
-    indices = sorted(
-        int(m.group(1))
-        for f in root.glob("W_enc_*.safetensors")
-        if (m := re.fullmatch(r"W_enc_(\d+)", f.stem))
-    )
-    if not indices:
-        raise TranscoderError(f"{root}: no W_enc_{{i}}.safetensors files for a cross-layer transcoder")
-    n_layers = indices[-1] + 1
-    missing = [f"W_enc_{i}.safetensors" for i in range(n_layers) if i not in indices]
-    missing += [
-        f"W_dec_{i}.safetensors" for i in range(n_layers) if not (root / f"W_dec_{i}.safetensors").is_file()
-    ]
-    if missing:
-        raise TranscoderError(
-            f"{root}: missing layer file(s) {missing} (layers 0..{n_layers - 1} are needed)"
-        )
-
-    enc_files = [root / f"W_enc_{i}.safetensors" for i in range(n_layers)]
-    encoders = [
-        loader.load(file, required={f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}"}, optional={f"threshold_{i}"})
-        for i, file in enumerate(enc_files)
-    ]
-    first = encoders[0]["W_enc_0"]
-    if first.dim() != 2:
-        raise TranscoderError(
-            f"{enc_files[0]}: tensor W_enc_0 has shape {list(first.shape)}, expected 2 dimensions"
-        )
-    d_tc, d_model = first.shape
-    dims = f"d_transcoder={d_tc}, d_model={d_model} from W_enc_0, n_layers={n_layers}"
-    has_threshold = "threshold_0" in encoders[0]
-    decoders = []
-    for i, (enc_file, enc) in enumerate(zip(enc_files, encoders, strict=True)):
-        for name, shape in (
-            (f"W_enc_{i}", (d_tc, d_model)),
-            (f"b_enc_{i}", (d_tc,)),
-            (f"b_dec_{i}", (d_model,)),
-        ):
-            loader.expect(enc_file, name, enc[name], shape, dims)
-        _check_agrees(enc_file, f"threshold_{i}", f"threshold_{i}" in enc, "threshold_0", has_threshold)
-        if has_threshold:
-            loader.expect(enc_file, f"threshold_{i}", enc[f"threshold_{i}"], (d_tc,), dims)
-        dec_file = root / f"W_dec_{i}.safetensors"
-        dec = loader.load(dec_file, required={f"W_dec_{i}"})[f"W_dec_{i}"]
-        loader.expect(dec_file, f"W_dec_{i}", dec, (d_tc, n_layers - i, d_model), dims)
-        decoders.append(dec)
-    return TranscoderWeights(
-        W_enc=[enc[f"W_enc_{i}"] for i, enc in enumerate(encoders)],
-        b_enc=[enc[f"b_enc_{i}"] for i, enc in enumerate(encoders)],
-        W_dec=decoders,
-        b_dec=[enc[f"b_dec_{i}"] for i, enc in enumerate(encoders)],
-        threshold=[enc[f"threshold_{i}"] for i, enc in enumerate(encoders)] if has_threshold else None,
-    )
 
 
 def write_transcoders(path: str | Path, config: TranscoderConfig, weights: TranscoderWeights) -> Path:

@@ -5,7 +5,13 @@ A feature of layer i reads the MLP input x_i (after the pre-MLP norm):
 It writes to the MLP output of layer i (PLT) or of every layer l >= i (CLT):
     PLT: out_l = acts_l @ W_dec_l + b_dec_l (+ x_l @ W_skip_l.T)
     CLT: out_l = sum_{i <= l} acts_i @ W_dec_i[:, l - i] + b_dec_l
-Weights load from and save to the folder layout circuit-tracer reads (see `transcoder_io`).
+Weights load from every layout circuit-tracer reads (folders, presets, the Hub: see `transcoder_io`)
+and save to its own folder layout.
+
+Memory: weights may be stored in bfloat16 (or float16); computation then runs in float32 (`dtype`), each
+weight converted as it is used (a layer's encoder, or only the decoder rows of active features). With
+`offload_decoders`, decoders stay in CPU memory (pinned when CUDA is present) and only the rows in use
+are moved to the set's device.
 """
 
 from __future__ import annotations
@@ -18,30 +24,48 @@ from torch import nn
 
 from circuitbase.engine import activations
 from circuitbase.engine.transcoder_io import (
+    ModelFit,
     TranscoderConfig,
     TranscoderError,
     TranscoderWeights,
     read_transcoders,
     write_transcoders,
 )
+from circuitbase.engine.transcoder_sources import TranscoderSource
 
-__all__ = ["TranscoderConfig", "TranscoderError", "TranscoderSet"]
+__all__ = ["ModelFit", "TranscoderConfig", "TranscoderError", "TranscoderSet"]
+_HALF = (torch.bfloat16, torch.float16)
 
 
 def _frozen(tensors: list[torch.Tensor]) -> nn.ParameterList:
     return nn.ParameterList(nn.Parameter(t, requires_grad=False) for t in tensors)
 
 
-class TranscoderSet(nn.Module):
-    """All transcoder weights of one model, one entry per layer, as (frozen) parameters of this module."""
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in CPU memory, pinned when CUDA is present (so copies to the GPU can overlap)."""
+    tensor = tensor.detach().cpu()
+    return tensor.pin_memory() if torch.cuda.is_available() else tensor
 
-    def __init__(self, config: TranscoderConfig, weights: TranscoderWeights) -> None:
+
+class TranscoderSet(nn.Module):
+    """All transcoder weights of one model, one entry per layer, as (frozen) parameters of this module.
+
+    offload_decoders: keep W_dec in CPU memory, outside the module's parameters (`.to()` leaves it
+    there), and move only the rows in use (default False).
+    """
+
+    W_dec: nn.ParameterList | list[torch.Tensor]
+
+    def __init__(
+        self, config: TranscoderConfig, weights: TranscoderWeights, *, offload_decoders: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         _check_weights(config, weights)
+        self.offload_decoders = offload_decoders
         self.W_enc = _frozen(weights.W_enc)
         self.b_enc = _frozen(weights.b_enc)
-        self.W_dec = _frozen(weights.W_dec)
+        self.W_dec = [_host(w) for w in weights.W_dec] if offload_decoders else _frozen(weights.W_dec)
         self.b_dec = _frozen(weights.b_dec)
         self.threshold = _frozen(weights.threshold) if weights.threshold is not None else None
         self.W_skip = _frozen(weights.W_skip) if weights.W_skip is not None else None
@@ -74,7 +98,23 @@ class TranscoderSet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the computation: float32 for weights stored in 16 bits, else the weights' own."""
+        stored = self.storage_dtype
+        return torch.float32 if stored in _HALF else stored
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype the weights are held in."""
         return self.b_enc[0].dtype
+
+    @property
+    def _paged(self) -> bool:
+        """Whether decoders are used row by row (offloaded, or stored in another dtype than computed)."""
+        return self.offload_decoders or self.storage_dtype != self.dtype
+
+    def _weight(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the set's device in the computation dtype (no copy when it already is)."""
+        return tensor.to(device=self.device, dtype=self.dtype, non_blocking=True)
 
     @property
     def device(self) -> torch.device:
@@ -85,18 +125,21 @@ class TranscoderSet(nn.Module):
         k = f", k={c.k}" if c.k is not None else ""
         return (
             f"{c.kind}, {c.activation}{k}, n_layers={c.n_layers}, d_model={c.d_model}, "
-            f"d_transcoder={c.d_transcoder}, skip={c.skip}, name={c.name!r}"
+            f"d_transcoder={c.d_transcoder}, skip={c.skip}, name={c.name!r}, "
+            f"storage={self.storage_dtype}, offload_decoders={self.offload_decoders}"
         )
 
     # -- computation ---------------------------------------------------------------------------------
 
     def pre_activations(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """[..., d_model] -> [..., d_transcoder]: x @ W_enc[layer].T + b_enc[layer]."""
-        return nn.functional.linear(x.to(self.dtype), self.W_enc[layer], self.b_enc[layer])
+        return nn.functional.linear(
+            x.to(self.dtype), self._weight(self.W_enc[layer]), self._weight(self.b_enc[layer])
+        )
 
     def activate(self, layer: int, pre: torch.Tensor) -> torch.Tensor:
         """The set's nonlinearity along the last dimension (JumpReLU uses layer `layer`'s thresholds)."""
-        threshold = self.threshold[layer] if self.threshold is not None else None
+        threshold = self._weight(self.threshold[layer]) if self.threshold is not None else None
         return activations.activate(self.config.activation, pre, threshold=threshold, k=self.config.k)
 
     def encode(self, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -105,24 +148,39 @@ class TranscoderSet(nn.Module):
 
     def encoder_vectors(self, layer: int, features: torch.Tensor) -> torch.Tensor:
         """[n] feature ids -> [n, d_model] W_enc rows, so pre = x . row + b_enc."""
-        return self.W_enc[layer][features]
+        return self._weight(self.W_enc[layer][features])
 
     def decoder_vectors(self, layer: int, features: torch.Tensor) -> torch.Tensor:
         """[n] feature ids -> [n, n_out, d_model]; n_out = n_layers - layer (CLT: layers layer..), 1 (PLT)."""
-        rows = self.W_dec[layer][features]
+        decoder = self.W_dec[layer]
+        rows = self._weight(decoder[features.to(decoder.device)])
         return rows if self.cross_layer else rows.unsqueeze(1)
+
+    def _written(self, layer: int, acts: torch.Tensor, output: int | None = None) -> torch.Tensor:
+        """What layer `layer`'s features write, acts [..., d_tc] -> [..., n_out, d_model] (n_out: as in
+        `decoder_vectors`), or [..., d_model] for one output offset `output` of a CLT; no decoder bias.
+        Paged sets multiply by the decoder rows of the features active somewhere in `acts` only."""
+        acts = acts.to(self.dtype)
+        decoder = self.W_dec[layer]
+        if self._paged:
+            active = (acts != 0).flatten(0, -2).any(0).nonzero().squeeze(1)
+            acts, decoder = acts[..., active], self._weight(decoder[active.to(decoder.device)])
+        if not self.cross_layer:
+            return (acts @ decoder).unsqueeze(-2)
+        if output is not None:
+            return acts @ decoder[:, output]
+        return (acts @ decoder.flatten(1)).unflatten(-1, (self.n_layers - layer, self.d_model))
 
     def decode(self, acts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-layer activations [..., d_transcoder] -> per-layer outputs [..., d_model] (no skip term)."""
         self._check_layers("acts", acts)
         if not self.cross_layer:
-            return [a.to(self.dtype) @ self.W_dec[i] + self.b_dec[i] for i, a in enumerate(acts)]
-        outputs: list[torch.Tensor] = list(self.b_dec)
+            return [self._written(i, a)[..., 0, :] + self._weight(self.b_dec[i]) for i, a in enumerate(acts)]
+        outputs: list[torch.Tensor] = [self._weight(b) for b in self.b_dec]
         for i, a in enumerate(acts):
-            # one matmul per source layer: [..., d_tc] @ [d_tc, (n_layers - i) * d_model]
-            written = (a.to(self.dtype) @ self.W_dec[i].flatten(1)).unflatten(
-                -1, (self.n_layers - i, self.d_model)
-            )
+            written = self._written(
+                i, a
+            )  # one matmul per source layer: [..., d_tc] @ [d_tc, n_out * d_model]
             for offset in range(self.n_layers - i):
                 outputs[i + offset] = outputs[i + offset] + written[..., offset, :]
         return outputs
@@ -132,18 +190,18 @@ class TranscoderSet(nn.Module):
         (`acts` may stop there): what `decode(acts)[layer]` gives, without decoding the other layers."""
         if len(acts) <= layer:
             raise TranscoderError(f"layer {layer} needs activations of layers 0-{layer}, got {len(acts)}")
+        out = self._weight(self.b_dec[layer])
         if not self.cross_layer:
-            return acts[layer].to(self.dtype) @ self.W_dec[layer] + self.b_dec[layer]
-        out = self.b_dec[layer]
+            return self._written(layer, acts[layer])[..., 0, :] + out
         for i in range(layer + 1):
-            out = out + acts[i].to(self.dtype) @ self.W_dec[i][:, layer - i]
+            out = out + self._written(i, acts[i], output=layer - i)
         return out
 
     def skip(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
         """x @ W_skip[layer].T, or None for a set without skip connection."""
         if self.W_skip is None:
             return None
-        return x.to(self.dtype) @ self.W_skip[layer].T
+        return x.to(self.dtype) @ self._weight(self.W_skip[layer]).T
 
     def reconstruct(self, mlp_inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Full replacement MLP output per layer: decode(encode each layer) + skip."""
@@ -163,32 +221,39 @@ class TranscoderSet(nn.Module):
 
     def validate_for(self, *, n_layers: int, d_model: int, model_name: str = "") -> None:
         """Raise TranscoderError unless the set fits a model with `n_layers` layers of width `d_model`."""
-        problems = [
-            f"{what}: model has {expected}, transcoders have {found}"
-            for what, expected, found in (
-                ("n_layers", n_layers, self.n_layers),
-                ("d_model", d_model, self.d_model),
-            )
-            if expected != found
-        ]
-        if problems:
-            model = f" {model_name!r}" if model_name else ""
-            raise TranscoderError(f"transcoders {self.name!r} do not fit model{model}: {'; '.join(problems)}")
+        fit = ModelFit(n_layers=n_layers, d_model=d_model, model_name=model_name)
+        fit.check(self.name, n_layers=self.n_layers, d_model=self.d_model)
 
     # -- files ---------------------------------------------------------------------------------------
 
     @classmethod
     def load(
-        cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        spec: str | Path | TranscoderSource,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        offload_decoders: bool = False,
+        fit: ModelFit | None = None,
     ) -> TranscoderSet:
-        """Load a circuit-tracer format folder onto `device` (default cpu) as `dtype` (default float32)."""
-        config, weights = read_transcoders(path, device=device, dtype=dtype)
-        return cls(config, weights)
+        """Load a set: a folder or config file, a preset name, an hf:// URI or a Hub repo id (see
+        `transcoder_io`), fetching Hub files into the Hugging Face cache layer by layer.
+
+        device: where the weights live (default cpu). dtype: how they are stored (default float32;
+        bfloat16 halves the memory, computation stays float32). offload_decoders: keep W_dec in CPU
+        memory and move only the rows in use to `device` (default False). fit: the model's shape,
+        checked before weights are read or downloaded (default: not checked; see `validate_for`).
+        """
+        decoder_device = "cpu" if offload_decoders else None
+        config, weights = read_transcoders(
+            spec, device=device, dtype=dtype, decoder_device=decoder_device, fit=fit
+        )
+        return cls(config, weights, offload_decoders=offload_decoders)
 
     def save(self, path: str | Path) -> Path:
         """Write config.yaml + safetensors in circuit-tracer's format, atomically; returns the folder."""
 
-        def plain(params: nn.ParameterList | None) -> list[torch.Tensor] | None:
+        def plain(params: nn.ParameterList | list[torch.Tensor] | None) -> list[torch.Tensor] | None:
             return None if params is None else [p.data for p in params]
 
         weights = TranscoderWeights(

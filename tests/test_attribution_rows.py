@@ -23,6 +23,7 @@ from circuitbase.engine.attribution import (
     _feature_targets,
     active_sources,
     attribute,
+    memory_note,
     select_logits,
 )
 from circuitbase.engine.replacement import build_replacement_state
@@ -119,6 +120,8 @@ def test_pool_of_columns_keeps_every_edge_exact(tiny) -> None:
     assert BUDGET <= pooled.params["candidate_features"] < n_active
     assert not pooled.params["feature_nodes_capped_by_memory"]
     assert int(pooled.selected_features.numel()) == BUDGET
+    assert f"most influential of {n_active} active features" in memory_note(pooled)
+    assert memory_note(full) is None
 
     ours, theirs = _shared_adjacency(pooled, full)
     assert ours.shape[0] == pooled.n_nodes  # every node of the pooled graph is in the full one
@@ -135,6 +138,7 @@ def test_a_cap_too_small_for_the_pool_visits_fewer_features(tiny) -> None:
     n_other = 3 * graph.n_positions  # error nodes of 2 layers and tokens
     visited = int(graph.selected_features.numel())
     assert visited < BUDGET
+    assert memory_note(graph).startswith(f"{visited} of {BUDGET} feature nodes visited")
     assert visited * (visited + n_other) * 4 <= 2**20 < (visited + 1) * (visited + 1 + n_other) * 4
 
 

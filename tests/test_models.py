@@ -10,8 +10,14 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, BertConfig, MptConfig
 
 from circuitbase.engine.adapters import UnsupportedModelError, adapter_for
+from circuitbase.engine.attribution import AttributionConfig
 from circuitbase.engine.freezing import Freezer
 from circuitbase.engine.models import ModelLoadError, load_model, models_dir
+from circuitbase.engine.prompts import Prompt, prompt_token_ids, start_token_id
+from circuitbase.engine.runner import attribute_prompt
+from circuitbase.engine.transcoders import TranscoderSet
+from tests.hf_cache import use_offline_cache
+from tests.numerics import assert_close
 from tests.tiny_models import FAMILIES, FIXTURE_MODEL_DIR, VOCAB, tiny_input_ids, tiny_model, tiny_tokenizer
 
 NORMS_PER_BLOCK = {"gemma2": 4, "gemma3": 4}
@@ -101,17 +107,15 @@ def test_load_fixture_model_and_tokenize() -> None:
     assert loaded.tokenizer.bos_token_id == 1
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ("meta-llama/Llama-3.2-1B", "hub ids are never downloaded"),
-        ("/no/such/model", "does not exist"),
-    ],
-)
-def test_load_rejects_hub_ids_and_missing_paths(spec: str, message: str) -> None:
-    with pytest.raises(ModelLoadError, match=message) as raised:
-        load_model(spec)
-    assert "a local Hugging Face model directory" in str(raised.value)
+def test_load_rejects_missing_paths_and_offline_misses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist") as raised:
+        load_model("/no/such/model")
+    assert "a local Hugging Face model directory" in str(raised.value) and "repo id" in str(raised.value)
+    use_offline_cache(tmp_path / "hf-cache", monkeypatch)
+    with pytest.raises(ModelLoadError, match=r"'meta-llama/Llama-3\.2-1B': .* not in the Hugging Face cache"):
+        load_model("meta-llama/Llama-3.2-1B")
 
 
 def test_load_rejects_folders_and_files_that_are_no_model(tmp_path: Path) -> None:
@@ -125,6 +129,36 @@ def test_load_rejects_folders_and_files_that_are_no_model(tmp_path: Path) -> Non
     broken.write_bytes(b"not gguf")
     with pytest.raises(ModelLoadError, match="cannot load model"):
         load_model(str(broken))
+
+
+# -- prompts become token ids as circuit-tracer makes them ----------------------------------------------
+
+TEXT = "near sets class turns over study quiet one"
+
+
+def test_prompt_token_ids_put_a_special_token_first() -> None:
+    tokenizer = tiny_tokenizer()
+    words = tokenizer(TEXT, add_special_tokens=False).input_ids
+    ids = prompt_token_ids(tokenizer, TEXT)
+    assert ids == [1, *words] and len(ids) == 9 and tokenizer.decode(ids[:1]) == "<s>"
+    assert prompt_token_ids(tokenizer, "</s> near") == [
+        2,
+        *tokenizer("near", add_special_tokens=False).input_ids,
+    ]
+    tokenizer.bos_token = None  # no BOS: PAD goes first, as in Qwen tokenizers
+    assert (start_token_id(tokenizer), prompt_token_ids(tokenizer, TEXT)) == (3, [3, *words])
+
+
+@torch.no_grad()
+def test_attributed_prompts_start_with_the_left_out_special_token(device: torch.device) -> None:
+    loaded = load_model(str(FIXTURE_MODEL_DIR), device=device)
+    transcoders = TranscoderSet.load(FIXTURE_MODEL_DIR.parent / "plt-relu", device=device)
+    config = AttributionConfig(batch_size=16, max_feature_nodes=8)
+    graph = attribute_prompt(loaded, transcoders, Prompt(text=TEXT, id="p"), config=config)
+    assert graph.input_ids == prompt_token_ids(loaded.tokenizer, TEXT) and graph.input_tokens[0] == "<s>"
+    assert graph.active_features.shape[0] > 0 and int(graph.active_features[:, 1].min()) >= 1
+    ids = torch.tensor([graph.input_ids], device=device)
+    assert_close(graph.logit_probs, loaded.model(ids).logits[0, -1].softmax(-1)[graph.logit_tokens], rel=1e-5)
 
 
 def test_unsupported_architectures_name_the_supported_families(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
 from circuitbase.engine.transcoders import TranscoderError, TranscoderSet
+from tests.hf_cache import use_offline_cache
 
 FIXTURES = Path(__file__).parent / "fixtures" / "circuit-tracer-format"
 SETS = ("plt-jumprelu-skip", "plt-relu", "clt-jumprelu")
@@ -322,24 +323,29 @@ def test_transcoders_list_with_local_paths(tmp_path: Path, mlp_inputs: list[torc
         assert torch.equal(got, want)
 
 
-def test_hf_paths_fail_offline(tmp_path: Path) -> None:
-    with pytest.raises(TranscoderError, match="offline"):
+def test_hf_paths_outside_the_cache_fail_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_offline_cache(tmp_path / "hf-cache", monkeypatch)
+    with pytest.raises(TranscoderError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
         TranscoderSet.load("hf://mntss/transcoder-Llama-3.2-1B")
     folder = copy_set("plt-relu", tmp_path)
     edit_config(folder, transcoders=["layer_0.safetensors", "hf://someone/transcoders/layer_1.safetensors"])
-    with pytest.raises(TranscoderError, match=r"transcoders\[1\].*hf://someone.*offline"):
+    with pytest.raises(
+        TranscoderError, match=r"transcoders\[1\]: hf://someone/transcoders/layer_1.* not in the"
+    ):
         TranscoderSet.load(folder)
 
 
 @pytest.mark.parametrize(
     ("key", "hook"),
-    [("feature_input_hook", "hook_resid_mid"), ("feature_output_hook", "hook_resid_post")],
+    [("feature_input_hook", "hook_resid_pre"), ("feature_output_hook", "hook_resid_post")],
 )
 def test_unknown_hook_is_rejected(key: str, hook: str, tmp_path: Path) -> None:
     folder = copy_set("plt-relu", tmp_path)
     edit_config(folder, **{key: hook})
     supported = (
-        "mlp.hook_in, ln2.hook_normalized" if key == "feature_input_hook" else "mlp.hook_out, hook_mlp_out"
+        "mlp.hook_in, ln2.hook_normalized, hook_resid_mid"
+        if key == "feature_input_hook"
+        else "mlp.hook_out, hook_mlp_out"
     )
     with pytest.raises(TranscoderError, match=f"unsupported {key} '{hook}'; supported: {supported}"):
         TranscoderSet.load(folder)
@@ -389,7 +395,8 @@ def test_wrong_tensor_shape_and_unknown_tensor(tmp_path: Path) -> None:
     clt = copy_set("clt-jumprelu", tmp_path / "b")
     save_file({"W_dec_1": torch.zeros(256, 2, 64)}, clt / "W_dec_1.safetensors")
     with pytest.raises(
-        TranscoderError, match=r"tensor W_dec_1 has shape \[256, 2, 64\], expected \[256, 1, 64\]"
+        TranscoderError,
+        match=r"W_dec_1.safetensors: tensor W_dec has shape \[256, 2, 64\], expected \[256, 1, 64\]",
     ):
         TranscoderSet.load(clt)
     extra = copy_set("plt-relu", tmp_path / "c")
@@ -405,7 +412,9 @@ def test_layers_must_agree_on_threshold(tmp_path: Path) -> None:
     tensors = load_file(folder / "layer_1.safetensors")
     del tensors["activation_function.threshold"]
     save_file(tensors, folder / "layer_1.safetensors")
-    with pytest.raises(TranscoderError, match=r"activation_function\.threshold is absent but .* is present"):
+    with pytest.raises(
+        TranscoderError, match=r"layer_1.safetensors: tensor threshold is absent but .* is present"
+    ):
         TranscoderSet.load(folder)
 
 
@@ -415,6 +424,8 @@ def test_unknown_model_kind_and_missing_config(tmp_path: Path) -> None:
     with pytest.raises(TranscoderError, match="model_kind 'sae' is not supported"):
         TranscoderSet.load(folder)
     with pytest.raises(TranscoderError, match=r"no config\.yaml"):
+        TranscoderSet.load(tmp_path)
+    with pytest.raises(TranscoderError, match="no such folder or file"):
         TranscoderSet.load(tmp_path / "nothing")
 
 

@@ -8,11 +8,15 @@ import typer
 from rich.console import Console
 
 from circuitbase.commands.common import (
+    MODEL_HELP,
+    TRANSCODERS_HELP,
     BatchSize,
     Device,
     EdgeThreshold,
     MaxFeatureNodes,
+    MaxRowMemory,
     NodeThreshold,
+    Precision,
     attribution_config,
     fail_on,
     load_model_and_transcoders,
@@ -23,13 +27,11 @@ console = Console(stderr=True)
 
 def attribute_command(
     prompts: Path = typer.Argument(..., help="Prompt file: .jsonl, .csv (with a 'prompt' column) or text."),
-    model: str = typer.Option(
-        "smollm2", help="'smollm2', a local Hugging Face model directory or a .gguf file."
-    ),
-    transcoders: Path | None = typer.Option(
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
+    transcoders: str | None = typer.Option(
         None,
-        help="Transcoder set directory (config.yaml + safetensors). Default: MODEL's own set, trained on "
-        "first use (SmolLM2 on a 2-core CPU: see README) and cached.",
+        help=f"{TRANSCODERS_HELP} Default: MODEL's own set, trained on first use (SmolLM2 on a 2-core CPU: "
+        "see README) and cached.",
     ),
     out: Path = typer.Option(Path("graphs"), help="Directory for graph files (re-runs skip existing ones)."),
     device: Device = "auto",
@@ -37,6 +39,8 @@ def attribute_command(
     max_feature_nodes: MaxFeatureNodes = 4096,
     node_threshold: NodeThreshold = 0.8,
     edge_threshold: EdgeThreshold = 0.98,
+    max_row_memory_mb: MaxRowMemory = 4096,
+    dtype: Precision = "float32",
     neuronpedia: bool = typer.Option(True, help="Also write each graph as Neuronpedia graph JSON."),
     skip_bad: bool = typer.Option(False, help="Skip malformed prompt lines (listed at the end)."),
 ) -> None:
@@ -46,12 +50,15 @@ def attribute_command(
 
     with fail_on(console):
         prompt_set = read_prompts(prompts, skip_bad=skip_bad)
-        loaded, transcoder_set, _folder = load_model_and_transcoders(model, transcoders, device=device)
+        loaded, transcoder_set, _folder = load_model_and_transcoders(
+            model, transcoders, device=device, precision=dtype
+        )
         config = attribution_config(
             batch_size=batch_size,
             max_feature_nodes=max_feature_nodes,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
+            max_row_memory_mb=max_row_memory_mb,
         )
         summary = RunSummary()
         for _ in iter_attribute(

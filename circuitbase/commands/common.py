@@ -31,13 +31,26 @@ def fail_on(console: Console) -> Iterator[None]:
 
 
 def load_model_and_transcoders(
-    model: str, transcoders: Path | None, *, device: str
+    model: str, transcoders: str | None, *, device: str, precision: str = "float32"
 ) -> tuple[LoadedModel, TranscoderSet, Path]:
     """`engine.loading.load_model_and_transcoders`, with a progress bar and status lines on stderr."""
     from circuitbase.engine.loading import load_model_and_transcoders as load
 
-    return load(model, transcoders, device=device, progress=True, log=Console(stderr=True).print)
+    log = Console(stderr=True).print
+    return load(model, transcoders, device=device, precision=precision, progress=True, log=log)
 
+
+# Help texts of --model and --transcoders (every command that loads a model or a set).
+MODEL_HELP = (
+    "'smollm2', a local Hugging Face model directory, a .gguf file, or a Hugging Face repo id "
+    "(google/gemma-2-2b, meta-llama/Llama-3.2-1B, Qwen/Qwen3-0.6B; @revision optional), downloaded into "
+    "the Hugging Face cache (HF_HUB_OFFLINE=1: cache only)."
+)
+TRANSCODERS_HELP = (
+    "Transcoder set: a circuit-tracer preset (gemma, llama), a Hugging Face repo id (org/name, or "
+    "org/name/folder; @revision optional) or hf:// URI whose folder holds config.yaml, or a local folder "
+    "or config.yaml."
+)
 
 # Attribution options shared by `attribute` and `ingest`.
 Device = Annotated[str, typer.Option(help="'auto' (cuda when present), 'cpu' or 'cuda'.")]
@@ -45,10 +58,30 @@ BatchSize = Annotated[int, typer.Option(help="Targets per backward pass.")]
 MaxFeatureNodes = Annotated[int, typer.Option(help="Feature targets visited per prompt (0 = all).")]
 NodeThreshold = Annotated[float, typer.Option(help="Pruning: share of influence the kept nodes cover.")]
 EdgeThreshold = Annotated[float, typer.Option(help="Pruning: share of edge influence the kept edges cover.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="float32 (exact), bfloat16 (model and transcoder weights in bfloat16: half the memory, "
+        "faster on GPUs, edges within ~10% of the largest edge) or tf32 (float32 weights, TensorFloat-32 "
+        "CUDA matmuls)."
+    ),
+]
+MaxRowMemory = Annotated[
+    int,
+    typer.Option(
+        help="MiB for the stored rows of one graph; past it, nodes are chosen among the most influential "
+        "features (edges stay exact) and, if even that does not fit, fewer are visited (said per graph)."
+    ),
+]
 
 
 def attribution_config(
-    *, batch_size: int, max_feature_nodes: int, node_threshold: float, edge_threshold: float
+    *,
+    batch_size: int,
+    max_feature_nodes: int,
+    node_threshold: float,
+    edge_threshold: float,
+    max_row_memory_mb: int,
 ) -> AttributionConfig:
     from circuitbase.engine.attribution import AttributionConfig
 
@@ -57,4 +90,5 @@ def attribution_config(
         max_feature_nodes=max_feature_nodes or None,
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
+        max_row_memory_mb=max_row_memory_mb,
     )

@@ -12,11 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitbase.commands.common import (
+    MODEL_HELP,
+    TRANSCODERS_HELP,
     BatchSize,
     Device,
     EdgeThreshold,
     MaxFeatureNodes,
+    MaxRowMemory,
     NodeThreshold,
+    Precision,
     attribution_config,
     fail_on,
     load_model_and_transcoders,
@@ -120,12 +124,12 @@ def ingest_command(
         None, help="Load the graph files (.safetensors, Neuronpedia .json) of this directory instead."
     ),
     model: str | None = typer.Option(
-        None, help="Model to attribute with ('smollm2', a model dir, a .gguf); with --graphs: expected name."
+        None, help=f"Model to attribute with: {MODEL_HELP} With --graphs: the expected model name."
     ),
     transcoders: str | None = typer.Option(
         None,
-        help="Transcoder set directory (default with PROMPTS: MODEL's own set, trained on first use); "
-        "with --graphs: a directory or set name every graph must use.",
+        help=f"{TRANSCODERS_HELP} Default with PROMPTS: MODEL's own set, trained on first use. "
+        "With --graphs: a directory or set name every graph must use.",
     ),
     graphs_out: Path = typer.Option(Path("graphs"), help="Where attribution writes graph files."),
     device: Device = "auto",
@@ -133,6 +137,8 @@ def ingest_command(
     max_feature_nodes: MaxFeatureNodes = 4096,
     node_threshold: NodeThreshold = 0.8,
     edge_threshold: EdgeThreshold = 0.98,
+    max_row_memory_mb: MaxRowMemory = 4096,
+    dtype: Precision = "float32",
     queue_size: int = typer.Option(8, help="Graphs attribution may run ahead of the database writer."),
     skip_bad: bool = typer.Option(False, help="Go on past bad prompts/graph files and list them at the end."),
     instance: str = typer.Option(
@@ -196,7 +202,7 @@ def ingest_command(
             assert prompts is not None
             prompt_set = read_prompts(prompts, skip_bad=skip_bad)
             loaded, transcoder_set, folder = load_model_and_transcoders(
-                model, None if transcoders is None else Path(transcoders), device=device
+                model, transcoders, device=device, precision=dtype
             )
             config = replace(config, labels=labels_for(str(folder)))
             attribution = attribution_config(
@@ -204,6 +210,7 @@ def ingest_command(
                 max_feature_nodes=max_feature_nodes,
                 node_threshold=node_threshold,
                 edge_threshold=edge_threshold,
+                max_row_memory_mb=max_row_memory_mb,
             )
             with open_driver(settings) as driver:
                 apply_schema(driver, database=settings.database)

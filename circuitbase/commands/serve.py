@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from circuitbase.commands.common import fail_on
+from circuitbase.commands.common import TRANSCODERS_HELP, fail_on
 
 console = Console(stderr=True)
 keys_app = typer.Typer(
@@ -28,7 +28,7 @@ def serve_command(
         [], help="Allowed browser origin (repeatable); env CIRCUITBASE_API_CORS_ORIGINS (comma separated)."
     ),
     model: str | None = typer.Option(None, help="Model for ingest jobs started through the API."),
-    transcoders: Path | None = typer.Option(None, help="Transcoder set directory for ingest jobs."),
+    transcoders: str | None = typer.Option(None, help=f"Transcoder set for ingest jobs: {TRANSCODERS_HELP}"),
     graphs_out: Path = typer.Option(Path("graphs"), help="Where ingest jobs write graph files."),
     device: str = typer.Option("auto", help="Device for ingest jobs: 'auto', 'cpu' or 'cuda'."),
     query_timeout: float = typer.Option(10.0, help="Neo4j transaction timeout per query, seconds."),

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from circuitbase.commands.common import fail_on
+from circuitbase.commands.common import MODEL_HELP, fail_on
 
 console = Console(stderr=True)
 toy_app = typer.Typer(
@@ -17,7 +17,7 @@ toy_app = typer.Typer(
 
 
 def train_transcoders_command(
-    model: str = typer.Option("smollm2", help="Model: 'smollm2', a local HF directory or a .gguf file."),
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
     corpus: Path | None = typer.Option(
         None,
         help="Training text: a .jsonl/.txt file or a directory (default: the Python standard library's "
@@ -117,7 +117,7 @@ def _label(loaded: Any, transcoders: Any, out: Path, corpus: Path, max_tokens: i
 
 
 def label_features_command(
-    model: str = typer.Option("smollm2", help="Model: 'smollm2', a local HF directory or a .gguf file."),
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
     transcoders: Path = typer.Option(..., help="Transcoder folder; feature_labels.json is written into it."),
     corpus: Path | None = typer.Option(
         None, help="Text to label on: a .jsonl/.txt file or a directory (default: stdlib docstrings)."

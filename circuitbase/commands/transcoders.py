@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from circuitbase.commands.common import fail_on
+from circuitbase.commands.common import MODEL_HELP, TRANSCODERS_HELP, fail_on
 
 app = typer.Typer(
     help="Inspect transcoder sets, or write random ones in the public format.", no_args_is_help=True
@@ -48,7 +48,7 @@ def random_command(
 
 @app.command("default")
 def default_command(
-    model: str = typer.Option("smollm2", help="Model: 'smollm2', a local HF directory or a .gguf file."),
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda."),
 ) -> None:
     """Train (first time only), label and cache MODEL's default transcoder set; print its folder and quality.
@@ -74,7 +74,7 @@ def default_command(
 
 
 @app.command("info")
-def info_command(path: Path = typer.Argument(..., help="Transcoder set directory.")) -> None:
+def info_command(path: str = typer.Argument(..., help=TRANSCODERS_HELP)) -> None:
     """Print a transcoder set's configuration."""
     from circuitbase.engine.transcoders import TranscoderSet
 
