@@ -361,7 +361,8 @@ def label_features(
     density = (heaps.fired.double() / n_tokens).cpu()
     shown = act[..., : cfg.top_contexts] > 0
     windows = _windows(tokenizer, corpus, set(doc[..., : cfg.top_contexts][shown].tolist()), cfg)
-    unembedding = adapter.unembedding().detach().float().to(transcoders.device)
+    device = transcoders.device
+    unembedding = adapter.unembedding().detach().float().to(device)
     decode: dict[int, str] = {}  # token id -> its text, decoded once
 
     def text_of(token: int) -> str:
@@ -373,8 +374,8 @@ def label_features(
     n = cfg.logit_tokens
     for layer in range(transcoders.n_layers):
         for first in range(0, transcoders.d_transcoder, cfg.lens_batch):
-            ids = torch.arange(first, min(first + cfg.lens_batch, transcoders.d_transcoder))
-            lens = logit_lens(transcoders, unembedding, layer, ids.to(transcoders.device))
+            ids = torch.arange(first, min(first + cfg.lens_batch, transcoders.d_transcoder), device=device)
+            lens = logit_lens(transcoders, unembedding, layer, ids)
             up_v, up_i = (t.cpu() for t in lens.topk(n, dim=-1))
             down_v, down_i = (t.cpu() for t in lens.topk(n, dim=-1, largest=False))
             for row, f in enumerate(ids.tolist()):

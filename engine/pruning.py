@@ -115,7 +115,8 @@ def prune(
 ) -> PruneResult:
     """Influence of every node, the pruning masks and the graph's two scores."""
     max_steps = n_layers + 3
-    weights = logit_weights(kinds, logit_probs.to(rows.dtype))
+    row_nodes = row_nodes.to(rows.device)
+    weights = logit_weights(kinds, logit_probs.to(device=rows.device, dtype=rows.dtype))
     normalized = normalize_rows(rows)
     influence = propagate_influence(normalized, row_nodes, weights, max_steps=max_steps)
 

@@ -97,7 +97,8 @@ class RowStore:
 
     def next_batch(self, size: int) -> torch.Tensor:
         """The next <= `size` features to visit (source indices): in index order when every feature is
-        visited, else by estimated influence, re-ranked every `refresh_batches` batches."""
+        visited, else the `refresh_batches` batches' worth of highest estimated influence, re-ranked
+        when they are used up and visited in index order (by layer)."""
         size = min(size, self.budget - self.n_visited)
         if self.in_index_order:
             return torch.arange(self.n_visited, self.n_visited + size, device=self.device)
@@ -110,7 +111,9 @@ class RowStore:
             scores[self.is_visited[candidates]] = -1.0
             order = torch.argsort(scores, descending=True, stable=True)
             count = min(size * self.refresh_batches, self.budget - self.n_visited)
-            self.queue = candidates[order[:count]]
+            # sources are numbered layer by layer, so sorting by index puts targets of low layers
+            # together: a batch's backward pass only runs down from its highest target layer
+            self.queue = torch.sort(candidates[order[:count]]).values
         batch, self.queue = self.queue[:size], self.queue[size:]
         return batch
 

@@ -277,35 +277,38 @@ def toy_llama_config(config: ToyConfig) -> LlamaConfig:
     )
 
 
-def _batch(examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids [B, T] right-padded, index of the last prompt token [B], answer ids [B]).
+def _batch(
+    examples: list[dict[str, Any]], *, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids [B, T] right-padded, index of the last prompt token [B], answer ids [B]) on `device`.
 
     Encodes the way `build_tokenizer()` does (<bos> + one id per word), without its per-call overhead.
     """
     vocab = {token: i for i, token in enumerate(vocabulary())}
     encoded = [[vocab["<bos>"]] + [vocab[w] for w in e["prompt"].split()] for e in examples]
     width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), vocab["<pad>"], dtype=torch.long)
-    for row, seq in enumerate(encoded):
-        ids[row, : len(seq)] = torch.tensor(seq)
-    last = torch.tensor([len(seq) - 1 for seq in encoded])
-    answers = torch.tensor([vocab[e["answer"]] for e in examples])
+    padded = [seq + [vocab["<pad>"]] * (width - len(seq)) for seq in encoded]
+    ids = torch.tensor(padded, dtype=torch.long, device=device)
+    last = torch.tensor([len(seq) - 1 for seq in encoded], device=device)
+    answers = torch.tensor([vocab[e["answer"]] for e in examples], device=device)
     return ids, last, answers
 
 
 def _answer_logits(model: nn.Module, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     logits = model(ids).logits
-    return logits[torch.arange(ids.shape[0]), last]
+    return logits[torch.arange(ids.shape[0], device=ids.device), last]
 
 
 def train_toy_model(
-    config: ToyConfig, *, log: Callable[[str], None] = print
+    config: ToyConfig, *, device: str | torch.device = "cpu", log: Callable[[str], None] = print
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict[str, Any]]:
-    """Train the toy model from `config.seed`; returns it in eval mode, its tokenizer and training stats."""
+    """Train the toy model from `config.seed` on `device` (default cpu; the weights start from the same
+    seeded CPU draw on every device); returns it in eval mode, its tokenizer and training stats."""
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(toy_llama_config(config))
+    device = torch.device(device)
+    model = LlamaForCausalLM(toy_llama_config(config)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
@@ -316,7 +319,7 @@ def train_toy_model(
     model.train()
     for step in range(config.steps):
         batch = rng.choices(fixed, k=config.batch_size - n_copy) + [_copy(rng) for _ in range(n_copy)]
-        ids, last, answers = _batch(batch)
+        ids, last, answers = _batch(batch, device=device)
         loss = nn.functional.cross_entropy(_answer_logits(model, ids, last), answers)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -330,10 +333,11 @@ def train_toy_model(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, *, n_copy: int = 400, seed: int = 1) -> dict[str, dict[str, Any]]:
-    """Accuracy per task and split ("two_hop/trained", ...) on every fixed prompt and `n_copy` copies."""
+    """Accuracy per task and split ("two_hop/trained", ...) on every fixed prompt and `n_copy` copies,
+    computed on the model's device."""
     rng = random.Random(seed)
     examples = fixed_examples() + [_copy(rng) for _ in range(n_copy)]
-    ids, last, answers = _batch(examples)
+    ids, last, answers = _batch(examples, device=next(model.parameters()).device)
     correct = (_answer_logits(model, ids, last).argmax(-1) == answers).tolist()
     groups: dict[str, list[bool]] = {}
     for example, ok in zip(examples, correct, strict=True):

@@ -115,14 +115,14 @@ def capture(
     """MLP inputs and outputs of every real token: [n_tokens, n_layers, 2, d_model] (BOS left out)."""
     device = adapter.unembedding().device
     width = max(len(seq) for seq in ids)
-    batch = torch.zeros(len(ids), width, dtype=torch.long)
-    mask = torch.zeros(len(ids), width, dtype=torch.bool)
-    for row, seq in enumerate(ids):
-        batch[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = True
-    keep = mask & ~((batch == bos_id) & (torch.arange(width) == 0)) if bos_id is not None else mask
-    inputs: list[torch.Tensor] = [torch.empty(0)] * adapter.n_layers
-    outputs: list[torch.Tensor] = [torch.empty(0)] * adapter.n_layers
+    batch = torch.tensor(
+        [list(seq) + [0] * (width - len(seq)) for seq in ids], dtype=torch.long, device=device
+    )
+    positions = torch.arange(width, device=device)
+    mask = positions < torch.tensor([len(seq) for seq in ids], device=device)[:, None]
+    keep = mask & ~((batch == bos_id) & (positions == 0)) if bos_id is not None else mask
+    inputs: list[torch.Tensor] = [torch.empty(0, device=device)] * adapter.n_layers
+    outputs: list[torch.Tensor] = [torch.empty(0, device=device)] * adapter.n_layers
 
     def on_in(layer: int, x: torch.Tensor) -> None:
         inputs[layer] = x
@@ -133,8 +133,7 @@ def capture(
             raise _Captured  # nothing after the last MLP is needed (the unembedding alone is ~20% of it)
 
     with hooked(adapter, on_mlp_input=on_in, on_mlp_output=on_out), contextlib.suppress(_Captured):
-        model(batch.to(device), attention_mask=mask.to(device))
-    keep = keep.to(device)
+        model(batch, attention_mask=mask)
     per_layer = [torch.stack([x[keep], m[keep]], dim=1) for x, m in zip(inputs, outputs, strict=True)]
     return torch.stack(per_layer, dim=1).float()
 
@@ -208,11 +207,12 @@ class ActivationStream:
         in forwards of similar lengths (sorted within groups of `LENGTH_GROUP` forwards), which cuts the
         padding the model runs on; the shuffle buffer mixes them again."""
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed)
+        cpu = torch.device("cpu")  # the buffer lives in host memory; its shuffle is the same on every device
+        gen = torch.Generator(device=cpu).manual_seed(cfg.seed)
         buffer: list[torch.Tensor] = []
         held = 0
         for chunk in _by_length(self.token_ids(held_out=False, repeat=True), group=LENGTH_GROUP):
-            acts = capture(self.model, self.adapter, chunk, bos_id=self.bos_id).cpu()
+            acts = capture(self.model, self.adapter, chunk, bos_id=self.bos_id).to(cpu)
             buffer.append(acts)
             held += acts.shape[0]
             if held < cfg.buffer_tokens:
@@ -220,7 +220,7 @@ class ActivationStream:
             pool = torch.cat(buffer)
             buffer.clear()
             # batches gather through the permutation, so no shuffled copy of the pool is made
-            order = torch.randperm(pool.shape[0], generator=gen)
+            order = torch.randperm(pool.shape[0], generator=gen, device=cpu)
             n_out = (pool.shape[0] // 2) // cfg.batch_tokens * cfg.batch_tokens
             for start in range(0, n_out, cfg.batch_tokens):
                 yield pool[order[start : start + cfg.batch_tokens]]
@@ -363,17 +363,22 @@ class TrainableTranscoders(nn.Module):
         out_mean: torch.Tensor,
         in_mean: torch.Tensor | None = None,
     ) -> None:
-        """out_mean [L, d]: the MLP outputs' mean, b_dec's start. in_mean [L, d]: the MLP inputs' mean;
-        given, b_enc starts at -W_enc in_mean so pre-activations start centred (default: b_enc = 0)."""
+        """out_mean [L, d]: the MLP outputs' mean, b_dec's start; the parameters live on its device.
+        in_mean [L, d]: the MLP inputs' mean; given, b_enc starts at -W_enc in_mean so pre-activations
+        start centred (default: b_enc = 0). Random weights are drawn on the CPU from `config.seed`, so a
+        seed starts from the same weights on every device."""
         super().__init__()
         self.config, self.n_layers, self.d_model = config, n_layers, d_model
-        gen = torch.Generator().manual_seed(config.seed)
+        device, cpu = out_mean.device, torch.device("cpu")
+        gen = torch.Generator(device=cpu).manual_seed(config.seed)
         f = config.d_transcoder
-        enc = torch.randn(n_layers, f, d_model, generator=gen)
+        enc = torch.randn(n_layers, f, d_model, generator=gen, device=cpu).to(device)
         enc = enc / enc.norm(dim=-1, keepdim=True)
         self.W_enc = nn.Parameter(enc)
         start = (
-            torch.zeros(n_layers, f) if in_mean is None else -torch.einsum("lfd,ld->lf", enc, in_mean.cpu())
+            torch.zeros(n_layers, f, device=device)
+            if in_mean is None
+            else -torch.einsum("lfd,ld->lf", enc, in_mean.to(device))
         )
         self.b_enc = nn.Parameter(start)
         dec_scale = 0.1 / math.sqrt(d_model)
@@ -382,17 +387,21 @@ class TrainableTranscoders(nn.Module):
         else:
             self.W_dec = nn.ParameterList(
                 nn.Parameter(
-                    torch.randn(f, n_layers - i, d_model, generator=gen) * dec_scale / math.sqrt(n_layers)
+                    torch.randn(f, n_layers - i, d_model, generator=gen, device=cpu).to(device)
+                    * dec_scale
+                    / math.sqrt(n_layers)
                 )
                 for i in range(n_layers)
             )
         self.b_dec = nn.Parameter(out_mean.clone())
         self.log_threshold = (
-            nn.Parameter(torch.full((n_layers, f), math.log(config.initial_threshold)))
+            nn.Parameter(torch.full((n_layers, f), math.log(config.initial_threshold), device=device))
             if config.activation == "jumprelu"
             else None
         )
-        self.W_skip = nn.Parameter(torch.zeros(n_layers, d_model, d_model)) if config.has_skip else None
+        self.W_skip = (
+            nn.Parameter(torch.zeros(n_layers, d_model, d_model, device=device)) if config.has_skip else None
+        )
 
     @torch.no_grad()
     def fit_skip(self, batch: torch.Tensor, *, ridge: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import neo4j
@@ -26,26 +27,42 @@ from circuitbase.engine.transcoders import TranscoderSet
 from circuitbase.ingest.loader import IngestConfig, ingest_files
 from circuitbase.ingest.model import feature_key
 from circuitbase.ingest.schema import apply_schema
+from tests.numerics import assert_close
 
 LINES = corpus_lines()[:300]  # two-hop, one-hop, capital and arithmetic facts of the toy
 
 
-@pytest.fixture(scope="module")
-def toy() -> tuple[LoadedModel, TranscoderSet]:
+@functools.cache
+def _toy_on(device: str) -> tuple[LoadedModel, TranscoderSet]:
     model_dir, tc_dir = shipped_paths()
-    return load_model(str(model_dir)), TranscoderSet.load(tc_dir)
+    return load_model(str(model_dir), device=device), TranscoderSet.load(tc_dir, device=device)
 
 
-@pytest.fixture(scope="module")
-def labelled(
-    toy: tuple[LoadedModel, TranscoderSet], tmp_path_factory: pytest.TempPathFactory
-) -> FeatureLabels:
-    corpus = tmp_path_factory.mktemp("corpus") / "toy.txt"
-    corpus.write_text("\n".join(LINES) + "\n", encoding="utf-8")
-    loaded, transcoders = toy
+@functools.cache
+def _labels_on(device: str, corpus: Path) -> FeatureLabels:
+    loaded, transcoders = _toy_on(device)
     return label_features(
         loaded.model, loaded.tokenizer, transcoders, corpus=corpus, config=LabelConfig(logit_tokens=5)
     )
+
+
+@pytest.fixture
+def toy(device: torch.device) -> tuple[LoadedModel, TranscoderSet]:
+    """The shipped toy model and transcoders on `device` (loaded once per device)."""
+    return _toy_on(str(device))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "toy.txt"
+    path.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def labelled(device: torch.device, corpus: Path) -> FeatureLabels:
+    """Labels of the toy's features computed on `device` (once per device)."""
+    return _labels_on(str(device), corpus)
 
 
 def _mlp_inputs(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
@@ -61,8 +78,10 @@ def test_logit_lens_is_unembedding_times_decoder(toy, labelled: FeatureLabels) -
         low_values, low_ids = by_hand.topk(5, largest=False)
         label = labelled.feature(layer, index)
         assert [t for t, _ in label.promoted] == [loaded.tokenizer.decode([i]) for i in ids.tolist()]
-        assert [v for _, v in label.promoted] == pytest.approx(values.tolist(), rel=1e-5)
-        assert [v for _, v in label.suppressed] == pytest.approx(low_values.tolist(), rel=1e-5)
+        promoted = torch.tensor([v for _, v in label.promoted], device=values.device)
+        suppressed = torch.tensor([v for _, v in label.suppressed], device=values.device)
+        assert_close(promoted, values, rel=1e-5)
+        assert_close(suppressed, low_values, rel=1e-5)
         assert label.suppressed[0][0] == loaded.tokenizer.decode([int(low_ids[0])])
 
 
@@ -89,8 +108,12 @@ def test_density_is_the_share_of_tokens_a_feature_fires_on(toy, labelled: Featur
     assert labelled.tokens == x.shape[0] == sum(len(line.split()) for line in LINES)
     for layer in range(transcoders.n_layers):
         density = (transcoders.encode(layer, x[:, layer]) > 0).double().mean(0)
-        stored = torch.tensor([labelled.feature(layer, i).density for i in range(transcoders.d_transcoder)])
-        assert torch.allclose(stored.double(), density, atol=1e-12)
+        stored = torch.tensor(
+            [labelled.feature(layer, i).density for i in range(transcoders.d_transcoder)],
+            dtype=torch.float64,
+            device=density.device,
+        )
+        assert_close(stored, density, rel=1e-12)  # counts over the same tokens: equal up to float64 rounding
         assert 0 < float(density.max()) < 1
 
 
@@ -111,8 +134,8 @@ def test_capital_features_promote_the_capital_they_fire_for(labelled: FeatureLab
     assert hits >= 2 and hits >= total / 2, (hits, total)
 
 
-def test_shipped_labels_match_the_toy_transcoders(toy) -> None:
-    _, transcoders = toy
+def test_shipped_labels_match_the_toy_transcoders() -> None:
+    _, transcoders = _toy_on("cpu")
     path = labels_path(shipped_paths()[1])
     assert path.stat().st_size < 300_000
     labels = load_labels(path.parent)
@@ -130,8 +153,8 @@ def test_a_malformed_labels_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.neo4j
-def test_ingest_writes_labels_onto_the_feature_nodes(toy, clean_db: neo4j.Driver, tmp_path: Path) -> None:
-    loaded, transcoders = toy
+def test_ingest_writes_labels_onto_the_feature_nodes(clean_db: neo4j.Driver, tmp_path: Path) -> None:
+    loaded, transcoders = _toy_on("cpu")  # the database side is the same for every device
     apply_schema(clean_db)
     prompt = Prompt(text="capital of city_3 is", answer="cap_0", id="p0")
     files = [

@@ -9,6 +9,7 @@ inputs, and the feature among the three features with the largest total influenc
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -26,17 +27,24 @@ from circuitbase.engine.transcoders import TranscoderSet
 SELECTIVITY = 0.95  # fires on >= 95% more of the state's prompts than of the others'
 
 
-@pytest.fixture(scope="module")
-def loaded() -> tuple[LoadedModel, TranscoderSet]:
+@functools.cache
+def _loaded_on(device: str) -> tuple[LoadedModel, TranscoderSet]:
     model_dir, tc_dir = toy.shipped_paths()
-    loaded = load_model(str(model_dir))
-    transcoders = TranscoderSet.load(tc_dir)
+    loaded = load_model(str(model_dir), device=device)
+    transcoders = TranscoderSet.load(tc_dir, device=device)
     transcoders.validate_for(n_layers=loaded.adapter.n_layers, d_model=loaded.adapter.d_model)
     return loaded, transcoders
 
 
+@pytest.fixture
+def loaded(device: torch.device) -> tuple[LoadedModel, TranscoderSet]:
+    """The shipped toy model and transcoders on `device` (loaded once per device)."""
+    return _loaded_on(str(device))
+
+
 def _ids(loaded: LoadedModel, prompt: str) -> torch.Tensor:
-    return loaded.tokenizer(prompt, return_tensors="pt").input_ids[0]
+    ids = loaded.tokenizer(prompt).input_ids
+    return torch.tensor(ids, dtype=torch.long, device=loaded.model.device)
 
 
 def state_features(loaded: LoadedModel, transcoders: TranscoderSet) -> dict[int, set[tuple[int, int, int]]]:
@@ -53,7 +61,7 @@ def state_features(loaded: LoadedModel, transcoders: TranscoderSet) -> dict[int,
             for c in cities
         ]
     ).float()  # [n_prompts, layers, positions, features]
-    states = torch.tensor([toy.state_of(c) for c in cities])
+    states = torch.tensor([toy.state_of(c) for c in cities], device=fires.device)
     found = {}
     for s in range(toy.N_STATES):
         score = fires[states == s].mean(0) - fires[states != s].mean(0)
@@ -150,11 +158,11 @@ def test_attribution_recovers_the_planted_two_hop_path(loaded) -> None:
 
 
 @pytest.mark.slow
-def test_shipped_transcoders_match_a_retrain_from_their_seed(loaded, tmp_path: Path) -> None:
+def test_shipped_transcoders_match_a_retrain_from_their_seed(tmp_path: Path) -> None:
     """Retrain the toy's transcoders from the shipped model with the shipped settings and seed (the
     training code has changed since, so not bit for bit): as good per layer, and the planted path holds
-    in a clear majority of held-out prompts."""
-    model, _ = loaded
+    in a clear majority of held-out prompts. On the CPU, as the shipped set was built."""
+    model, _ = _loaded_on("cpu")
     shipped = json.loads((toy.SHIPPED_DIR / "metrics.json").read_text())["transcoders"]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(toy.corpus_lines(seed=0)) + "\n", encoding="utf-8")
@@ -177,3 +185,20 @@ def test_toy_training_is_reproducible_from_its_seed() -> None:
         assert torch.equal(a, b), name
     ids = tokenizer("capital of city_7 is").input_ids
     assert tokenizer.convert_ids_to_tokens(ids) == ["<bos>", "capital", "of", "city_7", "is"]
+
+
+def test_toy_model_trains_and_evaluates_on_the_device(loaded, device: torch.device) -> None:
+    """Training starts from the same seeded weights on every device (the first batch's loss is equal), and
+    the shipped model's accuracies evaluated on `device` are the ones recorded when it was built."""
+    config = toy.ToyConfig(steps=1, batch_size=16)  # one step: the reported loss is the first batch's
+    model, _, stats = toy.train_toy_model(config, device=device, log=lambda _line: None)
+    _, _, cpu_stats = toy.train_toy_model(config, device="cpu", log=lambda _line: None)
+    assert all(p.device.type == device.type for p in model.parameters())
+    assert stats["final_loss"] == pytest.approx(cpu_stats["final_loss"], rel=1e-5)
+    shipped = json.loads((toy.SHIPPED_DIR / "metrics.json").read_text())["model"]["accuracy"]
+    measured = toy.evaluate(loaded[0].model)
+    assert measured.keys() == shipped.keys()
+    for group, result in measured.items():
+        assert result["n"] == shipped[group]["n"], group
+        # another device (or CPU kernel) may break a near-tie between two logits the other way
+        assert abs(result["accuracy"] - shipped[group]["accuracy"]) * result["n"] <= 1, group
