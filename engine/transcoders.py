@@ -250,13 +250,13 @@ class TranscoderSet(nn.Module):
         )
         return cls(config, weights, offload_decoders=offload_decoders)
 
-    def save(self, path: str | Path) -> Path:
-        """Write config.yaml + safetensors in circuit-tracer's format, atomically; returns the folder."""
+    def weights(self, *, dtype: torch.dtype | None = None) -> TranscoderWeights:
+        """The set's tensors per layer, as stored (or converted to `dtype`; default: as stored)."""
 
         def plain(params: nn.ParameterList | list[torch.Tensor] | None) -> list[torch.Tensor] | None:
-            return None if params is None else [p.data for p in params]
+            return None if params is None else [p.data if dtype is None else p.data.to(dtype) for p in params]
 
-        weights = TranscoderWeights(
+        return TranscoderWeights(
             W_enc=plain(self.W_enc),
             b_enc=plain(self.b_enc),
             W_dec=plain(self.W_dec),
@@ -264,7 +264,10 @@ class TranscoderSet(nn.Module):
             threshold=plain(self.threshold),
             W_skip=plain(self.W_skip),
         )
-        return write_transcoders(path, self.config, weights)
+
+    def save(self, path: str | Path) -> Path:
+        """Write config.yaml + safetensors in circuit-tracer's format, atomically; returns the folder."""
+        return write_transcoders(path, self.config, self.weights())
 
     @classmethod
     def random(
@@ -279,8 +282,11 @@ class TranscoderSet(nn.Module):
         k: int = 32,
         seed: int = 0,
         name: str = "random",
+        device: str | torch.device = "cpu",
     ) -> TranscoderSet:
-        """A random float32 set for tests and demos (defaults: PLT, jumprelu, no skip, k=32 for topk, seed 0).
+        """A random float32 set for tests and demos (defaults: PLT, jumprelu, no skip, k=32 for topk, seed 0,
+        on the CPU). The weights are drawn on the CPU from `seed` and then moved to `device`, so a seed gives
+        the same set on every device.
 
         Encoder rows are unit vectors, so for inputs with unit variance per dimension each pre-activation is
         ~N(0, 1): thresholds (positive, ~1.15) and the ReLU bias (-1.15) leave ~12% of features active.
@@ -318,7 +324,7 @@ class TranscoderSet(nn.Module):
             weights.threshold = [cut + 0.1 * torch.rand(d_transcoder, generator=gen) for _ in range(n_layers)]
         if skip:
             weights.W_skip = [randn(d_model, d_model) * (0.05 / math.sqrt(d_model)) for _ in range(n_layers)]
-        return cls(config, weights)
+        return cls(config, weights).to(device)
 
 
 def _check_weights(config: TranscoderConfig, weights: TranscoderWeights) -> None:

@@ -7,7 +7,6 @@ weights as its circuit-tracer-format twin, bfloat16 storage and offloaded decode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from safetensors.torch import load_file, save_file
 from circuitbase.engine import transcoder_sources
 from circuitbase.engine.loading import load_model_and_transcoders
 from circuitbase.engine.models import ModelLoadError, load_model
-from circuitbase.engine.transcoder_io import TranscoderWeights
 from circuitbase.engine.transcoders import ModelFit, TranscoderError, TranscoderSet
 from tests.hf_cache import add_repo, folder_files, use_offline_cache
 from tests.numerics import assert_close
@@ -269,7 +267,7 @@ def test_bfloat16_storage_and_offloaded_decoders_compute_like_float32(
     """Weights rounded to bfloat16 once: a float32 set of those values, the bfloat16 set and the same set
     with offloaded decoders give the same activations, decoder rows and reconstructions (float32 compute)."""
     rounded = TranscoderSet.load(SETS / name, device=device, dtype=torch.bfloat16)
-    reference = TranscoderSet(rounded.config, _float_weights(rounded))
+    reference = TranscoderSet(rounded.config, rounded.weights(dtype=torch.float32))
     offloaded = TranscoderSet.load(SETS / name, device=device, dtype=torch.bfloat16, offload_decoders=True)
     assert offloaded.W_dec[0].device.type == "cpu" and offloaded.device == torch.device(device)
     gen = torch.Generator().manual_seed(0)
@@ -284,17 +282,3 @@ def test_bfloat16_storage_and_offloaded_decoders_compute_like_float32(
         assert torch.equal(candidate.encode(0, inputs[0]), reference.encode(0, inputs[0]))
         acts = [candidate.encode(i, x) for i, x in enumerate(inputs)]
         assert_close(candidate.decode_layer(acts, 1), reference.decode_layer(acts, 1), rel=1e-6)
-
-
-def _float_weights(transcoders: TranscoderSet) -> TranscoderWeights:
-    def plain(params: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-        return None if params is None else [p.data.float() for p in params]
-
-    return TranscoderWeights(
-        W_enc=plain(transcoders.W_enc),
-        b_enc=plain(transcoders.b_enc),
-        W_dec=plain(transcoders.W_dec),
-        b_dec=plain(transcoders.b_dec),
-        threshold=plain(transcoders.threshold),
-        W_skip=plain(transcoders.W_skip),
-    )
