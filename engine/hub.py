@@ -140,14 +140,15 @@ def explain(error: Exception, ref: HubRef) -> HubError:
     repo = ref.repo_id + (f"@{ref.revision}" if ref.revision else "")
     token = get_token()
     if isinstance(error, GatedRepoError):
+        page = f"{constants.ENDPOINT}/{ref.repo_id}"
         if token is None:
             return HubError(
-                f"{repo} is a gated repo and no Hugging Face token is set: accept its terms on the repo's "
-                f"page, then {_LOGIN}"
+                f"{repo} is a gated repo and no Hugging Face token is set: accept its terms at {page}, "
+                f"then {_LOGIN}"
             )
         return HubError(
-            f"{repo} is a gated repo your token cannot read yet: accept its terms on the repo's page "
-            "with the account of that token (approval can take a while)"
+            f"{repo} is a gated repo your token cannot read yet: accept its terms at {page} with the "
+            "account of that token (approval can take a while)"
         )
     if isinstance(error, RepositoryNotFoundError):
         hint = (
@@ -165,8 +166,9 @@ def explain(error: Exception, ref: HubRef) -> HubError:
                 "access (HF_HUB_OFFLINE unset) to download it"
             )
         return HubError(
-            f"cannot reach the Hugging Face Hub to fetch {ref} and it is not cached: check the network "
-            "or proxy, or set HF_HUB_OFFLINE=1 to work from the cache"
+            f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to fetch {ref} and it is not in the "
+            "cache: connect to the network (check any proxy), or download it once where the Hub is "
+            "reachable and point HF_HUB_CACHE at that cache"
         )
     if isinstance(error, EntryNotFoundError):
         return HubError(f"repo {repo} has no file {ref.path!r}")
