@@ -102,6 +102,11 @@ class ModelAdapter:
         """The attention module of ``layer`` (the one that calls the attention interface)."""
         return getattr(self.blocks()[layer], self.attention_name)
 
+    def query_key_projections(self, layer: int) -> list[nn.Linear]:
+        """The linear maps that make only queries and keys (unused while a pattern is replayed)."""
+        attention = self.attention_module(layer)
+        return [attention.q_proj, attention.k_proj]
+
     def mlp_in_module(self, layer: int) -> nn.Module:
         """The MLP module; its first forward input is the MLP input (after the pre-MLP norm)."""
         return self.blocks()[layer].mlp
@@ -211,6 +216,9 @@ class GPT2Adapter(ModelAdapter):
 
     def final_norm(self) -> nn.Module:
         return self._base().ln_f
+
+    def query_key_projections(self, layer: int) -> list[nn.Linear]:
+        return []  # c_attn makes queries, keys and values in one product
 
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {

@@ -6,8 +6,9 @@
    norm module on the residual path stores its scale (RMSNorm ``1/rms(x)``, LayerNorm ``1/std(x)``)
    and returns its original output.
 2. ``replay()``: attention returns ``stored_pattern @ V`` and norms use the stored scale (LayerNorm's
-   centering stays live: it is linear). Stored values are detached, so nothing flows through them,
-   and a stored batch of 1 broadcasts to any batch size.
+   centering stays live: it is linear); query and key projections are skipped (they return zeros).
+   Stored values are detached, so nothing flows through them, and a stored batch of 1 broadcasts to
+   any batch size.
 
 With MLP outputs held constant, the map from the first block's input to the LM head's input is then
 affine, and a replay of the recorded input reproduces the recorded forward.
@@ -118,6 +119,20 @@ def normalized_input(adapter: ModelAdapter, module: nn.Module, x: Tensor) -> Ten
     return (x.float() * scale).to(x.dtype)
 
 
+@contextmanager
+def _skipped(projection: nn.Linear) -> Iterator[None]:
+    """The projection returns zeros of its output shape: in replay, queries and keys are never read."""
+
+    def zeros(x: Tensor) -> Tensor:
+        return x.new_zeros(*x.shape[:-1], projection.out_features)
+
+    projection.forward = zeros
+    try:
+        yield
+    finally:
+        del projection.forward
+
+
 def _check_batch(what: str, stored: Tensor, batch: int) -> None:
     if stored.shape[0] not in (1, batch):
         raise FreezerError(f"{what}: recorded batch {stored.shape[0]} cannot serve a batch of {batch}")
@@ -179,6 +194,10 @@ class Freezer:
             stack.callback(self.model.set_attn_implementation, original_implementation)
             for module in self._norm_names:
                 stack.enter_context(self._patched_norm(module))
+            if mode == "replay":
+                for layer in range(self.adapter.n_layers):
+                    for projection in self.adapter.query_key_projections(layer):
+                        stack.enter_context(_skipped(projection))
             yield
 
     @contextmanager
