@@ -20,24 +20,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from circuitbase.engine.adapters import ModelAdapter
 from circuitbase.engine.graph import AttributionGraph
+from circuitbase.engine.linear_forward import LinearizedPrompt, Sources, active_sources
 from circuitbase.engine.pruning import NodeKinds, prune
-from circuitbase.engine.replacement import (
-    ReplacementState,
-    build_replacement_state,
-    hooked,
-    mlps_bypassed,
-)
+from circuitbase.engine.replacement import ReplacementState, build_replacement_state
 from circuitbase.engine.row_store import RowStore
 from circuitbase.engine.transcoders import TranscoderSet
 
-_DECODER_CACHE_BYTES = 1 << 30  # activation-scaled decoder vectors kept between passes up to this size
+_PACKED_MAX_POSITIONS = 256  # prompts sharing a forward are at most this long (their patterns are stacked)
 
 
 @dataclass(frozen=True)
@@ -59,38 +56,6 @@ class AttributionConfig:
     max_batch_memory_mb: int = 4096  # cap on the copies' residual tensors; long prompts use smaller batches
 
 
-@dataclass
-class Sources:
-    """Every source node of a prompt: active features, error nodes (layer-major), tokens."""
-
-    features: torch.Tensor  # [n_active, 3] long (layer, position, feature), sorted by layer then position
-    activations: torch.Tensor  # [n_active]
-    n_layers: int
-    n_positions: int
-
-    @property
-    def n_active(self) -> int:
-        return int(self.features.shape[0])
-
-    @property
-    def n_sources(self) -> int:
-        return self.n_active + self.n_layers * self.n_positions + self.n_positions
-
-
-def active_sources(state: ReplacementState) -> Sources:
-    rows, values = [], []
-    for layer, acts in enumerate(state.activations):
-        pos, feat = torch.nonzero(acts, as_tuple=True)
-        rows.append(torch.stack([torch.full_like(pos, layer), pos, feat], dim=1))
-        values.append(acts[pos, feat])
-    return Sources(
-        features=torch.cat(rows).long(),
-        activations=torch.cat(values),
-        n_layers=len(state.activations),
-        n_positions=state.n_positions,
-    )
-
-
 def select_logits(
     logits: torch.Tensor, *, max_logits: int, probability: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,169 +65,6 @@ def select_logits(
     reached = torch.cumsum(top_probs, 0) >= probability
     needed = int(torch.argmax(reached.int())) + 1 if bool(reached.any()) else top_ids.numel()
     return top_ids[:needed], top_probs[:needed]
-
-
-class FeatureSources:
-    """One layer's active features laid out [position, slot] so their edges are one batched matmul.
-
-    With positions as the batch dimension, the gradients at a layer [T, B, d] times the layer's
-    activation-scaled decoder vectors [T, d, k] (k = most features active at one position) give every
-    feature's edge into every target without gathering a [B, n, d] copy of the gradients.
-    """
-
-    def __init__(
-        self, transcoders: TranscoderSet, sources: Sources, layer: int, *, dtype: torch.dtype
-    ) -> None:
-        self.transcoders, self.layer, self.dtype = transcoders, layer, dtype
-        self.columns = torch.nonzero(sources.features[:, 0] == layer, as_tuple=True)[0]
-        positions, self.features = sources.features[self.columns, 1], sources.features[self.columns, 2]
-        self.activations = sources.activations[self.columns]
-        counts = torch.bincount(positions, minlength=sources.n_positions)
-        self.n_positions, self.width = sources.n_positions, int(counts.max()) if counts.numel() else 0
-        rank = (
-            torch.arange(positions.numel(), device=positions.device) - (counts.cumsum(0) - counts)[positions]
-        )
-        self.positions, self.rank = positions, rank
-        self.slots = positions * self.width + rank  # flat index into [T, k]
-        n_out = sources.n_layers - layer if transcoders.cross_layer else 1
-        self.out_layers = range(layer, layer + n_out)
-        self._decoders: torch.Tensor | None = None
-
-    def padded_bytes(self) -> int:
-        return len(self.out_layers) * self.n_positions * self.width * self.transcoders.d_model * 4
-
-    def decoders(self, *, cache: bool) -> torch.Tensor:
-        """[n_out, T, d, k] activation-scaled decoder vectors, zero in unused slots."""
-        if self._decoders is not None:
-            return self._decoders
-        vectors = self.transcoders.decoder_vectors(self.layer, self.features)  # [n, n_out, d]
-        vectors = (vectors * self.activations[:, None, None].to(vectors.dtype)).to(self.dtype)
-        padded = torch.zeros(
-            len(self.out_layers), self.n_positions, self.width, vectors.shape[-1],
-            dtype=self.dtype, device=vectors.device,
-        )  # fmt: skip
-        padded[:, self.positions, self.rank] = vectors.transpose(0, 1)
-        padded = padded.transpose(2, 3)
-        if cache:
-            self._decoders = padded
-        return padded
-
-    def edges(self, d_const: list[torch.Tensor | None], *, cache: bool) -> torch.Tensor | None:
-        """[B, n] edges from this layer's features into each seeded target; None when all are zero."""
-        if self.columns.numel() == 0:
-            return None
-        total = None
-        decoders = None
-        for offset, out_layer in enumerate(self.out_layers):
-            grad = d_const[out_layer]
-            if grad is None:  # no target downstream of this output layer
-                continue
-            decoders = self.decoders(cache=cache) if decoders is None else decoders
-            part = torch.bmm(grad.transpose(0, 1), decoders[offset])  # [T, B, k]
-            total = part if total is None else total + part
-        if total is None:
-            return None
-        return total.transpose(0, 1).flatten(1)[:, self.slots]
-
-
-class LinearizedPrompt:
-    """The frozen linear forward of one prompt, ready for repeated batched backward passes."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        adapter: ModelAdapter,
-        transcoders: TranscoderSet,
-        state: ReplacementState,
-        sources: Sources,
-        *,
-        batch_size: int,
-    ) -> None:
-        self.adapter, self.transcoders, self.state, self.sources = adapter, transcoders, state, sources
-        self.batch_size = batch_size
-        self.backward_passes = 0
-        n_layers, n_pos = adapter.n_layers, state.n_positions
-        expand = (batch_size, n_pos, state.embeddings.shape[-1])
-        self.embeddings = state.embeddings[None].expand(expand).clone().requires_grad_(True)
-        self.constants: list[torch.Tensor] = []
-        for layer in range(n_layers):
-            skip = transcoders.skip(layer, state.mlp_inputs[layer])
-            output = state.mlp_outputs[layer]
-            constant = output if skip is None else output - skip.to(output.dtype)
-            self.constants.append(constant[None].expand(expand).clone().requires_grad_(True))
-        self.mlp_inputs: list[torch.Tensor] = [state.embeddings] * n_layers
-        self.feature_sources = [
-            FeatureSources(transcoders, sources, layer, dtype=state.embeddings.dtype)
-            for layer in range(n_layers)
-        ]
-        self.cache_decoders = sum(f.padded_bytes() for f in self.feature_sources) <= _DECODER_CACHE_BYTES
-
-        def on_mlp_input(layer: int, x: torch.Tensor) -> None:
-            self.mlp_inputs[layer] = x
-
-        def on_mlp_output(layer: int, _out: torch.Tensor) -> torch.Tensor:
-            skip = transcoders.skip(layer, self.mlp_inputs[layer])
-            constant = self.constants[layer]
-            return constant if skip is None else constant + skip.to(constant.dtype)
-
-        ids = state.input_ids.to(state.embeddings.device)[None].expand(batch_size, n_pos)
-        with (
-            torch.enable_grad(),
-            state.freezer.replay(),
-            mlps_bypassed(adapter),
-            hooked(
-                adapter,
-                on_embeddings=lambda _h: self.embeddings,
-                on_mlp_input=on_mlp_input,
-                on_mlp_output=on_mlp_output,
-            ),
-        ):
-            # the body only: its output is the final normed residual z, and no logits are computed
-            self.final: torch.Tensor = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
-
-    def rows(self, slots: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """Edge weights into each seeded target from every source: [n, n_sources] float32.
-
-        Target i is `vectors[i]` . (the hook point `slots[i]` at position `positions[i]`): slot l < n_layers
-        is layer l's MLP input (a feature's pre-activation), slot n_layers the final normed residual.
-        """
-        n = int(slots.numel())
-        if n > self.batch_size:
-            raise ValueError(f"{n} targets exceed the batch size {self.batch_size}")
-        outputs = [*self.mlp_inputs, self.final]
-        seeded, seeds = [], []
-        copies = torch.arange(n, device=slots.device)
-        for slot in slots.unique().tolist():
-            here = slots == slot
-            seed = torch.zeros_like(outputs[slot])
-            seed[copies[here], positions[here]] = vectors[here].to(seed.dtype)
-            seeded.append(outputs[slot])
-            seeds.append(seed)
-        self.backward_passes += 1
-        grads = torch.autograd.grad(
-            seeded, [self.embeddings, *self.constants], seeds, retain_graph=True, allow_unused=True
-        )
-        return self._edge_weights(grads[0], list(grads[1:]))[:n]
-
-    def _edge_weights(self, d_embed: torch.Tensor | None, d_const: list[torch.Tensor | None]) -> torch.Tensor:
-        state, src = self.state, self.sources
-        device = self.embeddings.device
-        rows = torch.zeros(self.batch_size, src.n_sources, dtype=torch.float32, device=device)
-        for features in self.feature_sources:
-            edges = features.edges(d_const, cache=self.cache_decoders)
-            if edges is not None:
-                rows[:, features.columns] = edges.float()
-        n_pos, offset = src.n_positions, src.n_active
-        for layer, grad in enumerate(d_const):
-            if grad is not None:
-                errors = torch.einsum("btd,td->bt", grad, state.errors[layer].to(grad.dtype)).float()
-                errors[:, : state.zeroed_positions] = 0
-                rows[:, offset + layer * n_pos : offset + (layer + 1) * n_pos] = errors
-        if d_embed is not None:
-            rows[:, offset + src.n_layers * n_pos :] = torch.einsum(
-                "btd,td->bt", d_embed, state.embeddings
-            ).float()
-        return rows
 
 
 def _affordable_batch(config: AttributionConfig, *, n_positions: int, d_model: int, n_layers: int) -> int:
@@ -289,6 +91,33 @@ def _feature_targets(
     return targets[:, 0], targets[:, 1], vectors
 
 
+@dataclass(frozen=True)
+class PromptInput:
+    """One prompt to attribute: its token ids (1-D) and what its graph records about it."""
+
+    input_ids: torch.Tensor
+    prompt: str = ""
+    token_strings: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Prepared:
+    """A prompt after its recorded forward: sources, logit targets and how many features to visit."""
+
+    prompt: PromptInput
+    state: ReplacementState
+    sources: Sources
+    logit_ids: torch.Tensor
+    logit_probs: torch.Tensor
+    logit_vectors: torch.Tensor  # [n_logits, d_model] unembedding rows minus their vocabulary mean
+    budget: int
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.logit_ids.numel()) + self.budget
+
+
 def attribute(
     model: nn.Module,
     adapter: ModelAdapter,
@@ -304,81 +133,184 @@ def attribute(
     """Attribution graph of one tokenised prompt (1-D `input_ids`)."""
     config = config or AttributionConfig()
     model.requires_grad_(False)
-    state = build_replacement_state(model, adapter, transcoders, input_ids)
+    entry = PromptInput(input_ids, prompt=prompt, token_strings=token_strings, meta=prompt_meta or {})
+    return _single(
+        model, adapter, transcoders, _prepare(model, adapter, transcoders, entry, config), config, model_name
+    )
+
+
+def attribute_many(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    transcoders: TranscoderSet,
+    prompts: Sequence[PromptInput],
+    *,
+    config: AttributionConfig | None = None,
+    model_name: str = "",
+) -> list[AttributionGraph]:
+    """Attribution graphs of several prompts, in order: the same graphs as `attribute` gives each.
+
+    A prompt whose whole graph is one backward pass (every active feature visited, its logits and
+    features within `batch_size` targets, at most `_PACKED_MAX_POSITIONS` tokens) shares that pass with
+    the prompts next to it that also fit, so many short prompts need few passes; others run alone.
+    """
+    config = config or AttributionConfig()
+    model.requires_grad_(False)
+    prepared = (_prepare(model, adapter, transcoders, entry, config) for entry in prompts)  # one at a time
+    graphs: list[AttributionGraph] = []
+    pack: list[_Prepared] = []
+
+    def flush() -> None:
+        if len(pack) == 1:
+            graphs.append(_single(model, adapter, transcoders, pack[0], config, model_name))
+        elif pack:
+            graphs.extend(_packed(model, adapter, transcoders, pack, config, model_name))
+        pack.clear()
+
+    for entry in prepared:
+        if not _packable(entry, config):
+            flush()
+            graphs.append(_single(model, adapter, transcoders, entry, config, model_name))
+            continue
+        if sum(p.n_targets for p in pack) + entry.n_targets > config.batch_size:
+            flush()
+        pack.append(entry)
+    flush()
+    return graphs
+
+
+def _prepare(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    transcoders: TranscoderSet,
+    entry: PromptInput,
+    config: AttributionConfig,
+) -> _Prepared:
+    state = build_replacement_state(model, adapter, transcoders, entry.input_ids)
     sources = active_sources(state)
-    n_layers, n_pos = adapter.n_layers, state.n_positions
     logit_ids, logit_probs = select_logits(
         state.logits[-1], max_logits=config.max_logits, probability=config.logit_probability
     )
+    unembed = adapter.unembedding()
     budget = (
         sources.n_active
         if config.max_feature_nodes is None
         else min(config.max_feature_nodes, sources.n_active)
     )
-    batch_size = _affordable_batch(config, n_positions=n_pos, d_model=adapter.d_model, n_layers=n_layers)
-    batch_size = min(batch_size, max(budget, logit_ids.numel(), 1))  # no more copies than a pass seeds
-    linear = LinearizedPrompt(model, adapter, transcoders, state, sources, batch_size=batch_size)
-
-    unembed = adapter.unembedding()
-    centered = unembed[logit_ids] - unembed.mean(dim=0, keepdim=True)
-    logit_rows = torch.cat(
-        [
-            linear.rows(
-                torch.full((len(part),), n_layers, device=centered.device),
-                torch.full((len(part),), n_pos - 1, device=centered.device),
-                part,
-            )
-            for part in centered.split(batch_size)
-        ]
-    )
-    store = RowStore(
-        logit_rows=logit_rows,
+    return _Prepared(
+        prompt=entry,
+        state=state,
+        sources=sources,
+        logit_ids=logit_ids,
         logit_probs=logit_probs,
-        n_active=sources.n_active,
+        logit_vectors=unembed[logit_ids] - unembed.mean(dim=0, keepdim=True),
         budget=budget,
+    )
+
+
+def _packable(entry: _Prepared, config: AttributionConfig) -> bool:
+    full_rows = entry.n_targets * entry.sources.n_sources * 4
+    return (
+        entry.budget == entry.sources.n_active
+        and entry.n_targets <= config.batch_size
+        and entry.state.n_positions <= _PACKED_MAX_POSITIONS
+        and full_rows <= config.max_row_memory_mb * 2**20
+    )
+
+
+def _store(entry: _Prepared, logit_rows: torch.Tensor, config: AttributionConfig, n_layers: int) -> RowStore:
+    return RowStore(
+        logit_rows=logit_rows,
+        logit_probs=entry.logit_probs,
+        n_active=entry.sources.n_active,
+        budget=entry.budget,
         max_bytes=config.max_row_memory_mb * 2**20,
         n_layers=n_layers,
         refresh_batches=config.influence_refresh_batches,
     )
+
+
+def _single(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    transcoders: TranscoderSet,
+    entry: _Prepared,
+    config: AttributionConfig,
+    model_name: str,
+) -> AttributionGraph:
+    """One prompt's graph from its own linear forward, visiting features batch by batch."""
+    state, sources, n_layers = entry.state, entry.sources, adapter.n_layers
+    batch_size = _affordable_batch(
+        config, n_positions=state.n_positions, d_model=adapter.d_model, n_layers=n_layers
+    )
+    batch_size = min(batch_size, max(entry.n_targets, 1))  # no more copies than the prompt has targets
+    linear = LinearizedPrompt(model, adapter, transcoders, state, sources, batch_size=batch_size)
+    logit_rows = torch.cat(
+        [
+            linear.rows(*_logit_targets(entry, part, n_layers))
+            for part in entry.logit_vectors.split(batch_size)
+        ]
+    )
+    store = _store(entry, logit_rows, config, n_layers)
     while store.n_visited < store.budget:
         batch = store.next_batch(batch_size)
         store.add(batch, linear.rows(*_feature_targets(transcoders, sources.features[batch])))
+    return _package(entry, store, config=config, model_name=model_name, transcoder_name=transcoders.name,
+                    backward_passes=linear.backward_passes, batch_size=batch_size)  # fmt: skip
 
-    graph = _package(
-        state=state,
-        sources=sources,
-        store=store,
-        logit_ids=logit_ids,
-        logit_probs=logit_probs,
-        config=config,
-        model_name=model_name,
-        transcoder_name=transcoders.name,
-        token_strings=token_strings,
-        prompt=prompt,
-        prompt_meta=prompt_meta or {},
+
+def _packed(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    transcoders: TranscoderSet,
+    pack: list[_Prepared],
+    config: AttributionConfig,
+    model_name: str,
+) -> list[AttributionGraph]:
+    """Graphs of prompts that each fit one pass, from one shared linear forward and one backward pass."""
+    n_layers = adapter.n_layers
+    linear = LinearizedPrompt.packed(
+        model, adapter, transcoders, [(entry.state, entry.sources, entry.n_targets) for entry in pack]
     )
-    graph.params["backward_passes"] = linear.backward_passes
-    graph.params["feature_nodes_capped_by_memory"] = store.capped
-    graph.params["candidate_features"] = store.pool_size if store.pool_limited else None
-    graph.params["effective_batch_size"] = batch_size
-    return graph
+    targets = []
+    for entry in pack:
+        logits = _logit_targets(entry, entry.logit_vectors, n_layers)
+        features = _feature_targets(transcoders, entry.sources.features)
+        targets.append(tuple(torch.cat([a.to(b.dtype), b]) for a, b in zip(logits, features, strict=True)))
+    graphs = []
+    for entry, rows in zip(pack, linear.packed_rows(targets), strict=True):
+        n_logits = int(entry.logit_ids.numel())
+        store = _store(entry, rows[:n_logits], config, n_layers)
+        store.add(torch.arange(entry.sources.n_active, device=rows.device), rows[n_logits:])
+        graph = _package(entry, store, config=config, model_name=model_name, transcoder_name=transcoders.name,
+                         backward_passes=1, batch_size=linear.batch_size)  # fmt: skip
+        graph.params["prompts_sharing_the_pass"] = len(pack)
+        graphs.append(graph)
+    return graphs
+
+
+def _logit_targets(
+    entry: _Prepared, vectors: torch.Tensor, n_layers: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(slots, positions, vectors) seeding logit targets at the final normed residual's last position."""
+    device = vectors.device
+    n = vectors.shape[0]
+    last = entry.state.n_positions - 1
+    return torch.full((n,), n_layers, device=device), torch.full((n,), last, device=device), vectors
 
 
 def _package(
-    *,
-    state: ReplacementState,
-    sources: Sources,
+    entry: _Prepared,
     store: RowStore,
-    logit_ids: torch.Tensor,
-    logit_probs: torch.Tensor,
+    *,
     config: AttributionConfig,
     model_name: str,
     transcoder_name: str,
-    token_strings: list[str] | None,
-    prompt: str,
-    prompt_meta: dict,
+    backward_passes: int,
+    batch_size: int,
 ) -> AttributionGraph:
     """Map stored columns onto the node order [selected features | errors | tokens | logits] and prune."""
+    state, sources, logit_ids, logit_probs = entry.state, entry.sources, entry.logit_ids, entry.logit_probs
     visited = store.visited
     order = torch.argsort(visited)
     selected = visited[order]
@@ -416,9 +348,9 @@ def _package(
     edge_mask = result.edge_mask[row_idx, col_idx]
     ids = state.input_ids.tolist()
     return AttributionGraph(
-        prompt=prompt,
+        prompt=entry.prompt.prompt,
         input_ids=ids,
-        input_tokens=token_strings or [str(i) for i in ids],
+        input_tokens=entry.prompt.token_strings or [str(i) for i in ids],
         model_name=model_name,
         transcoder_name=transcoder_name,
         n_layers=sources.n_layers,
@@ -433,8 +365,14 @@ def _package(
         edge_mask=edge_mask.cpu(),
         replacement_score=result.replacement_score,
         completeness_score=result.completeness_score,
-        prompt_meta=prompt_meta,
-        params=asdict(config),
+        prompt_meta=entry.prompt.meta,
+        params={
+            **asdict(config),
+            "backward_passes": backward_passes,
+            "feature_nodes_capped_by_memory": store.capped,
+            "candidate_features": store.pool_size if store.pool_limited else None,
+            "effective_batch_size": batch_size,
+        },
     )
 
 

@@ -150,6 +150,32 @@ class Freezer:
         norms = set(adapter.norm_modules())
         self._norm_names = {module: name for name, module in model.named_modules() if module in norms}
 
+    @classmethod
+    def stacked(cls, freezers: list[Freezer], copies: list[int], *, n_positions: int) -> Freezer:
+        """One freezer replaying several recordings of one model side by side: recording i serves
+        `copies[i]` consecutive batch rows. Shorter prompts are right-padded to `n_positions`: padded
+        queries and keys get zero attention and unit norm scales, and causal attention keeps the
+        padding out of every real position."""
+        first = freezers[0]
+        stacked = cls(first.model, first.adapter)
+        bounds = (
+            torch.tensor([0, *copies]).cumsum(0).tolist()
+        )  # batch rows of recording i: bounds[i]:bounds[i+1]
+        for layer, pattern in first._patterns.items():
+            shape = (bounds[-1], pattern.shape[1], n_positions, n_positions)
+            out = torch.zeros(shape, dtype=pattern.dtype, device=pattern.device)
+            for i, freezer in enumerate(freezers):
+                recorded = freezer._patterns[layer]  # [1, heads, q, k]
+                out[bounds[i] : bounds[i + 1], :, : recorded.shape[-2], : recorded.shape[-1]] = recorded
+            stacked._patterns[layer] = out
+        for module, scale in first._scales.items():
+            out = torch.ones(bounds[-1], n_positions, 1, dtype=scale.dtype, device=scale.device)
+            for i, freezer in enumerate(freezers):
+                recorded = freezer._scales[module]  # [1, positions, 1]
+                out[bounds[i] : bounds[i + 1], : recorded.shape[1]] = recorded
+            stacked._scales[module] = out
+        return stacked
+
     @property
     def attention_patterns(self) -> dict[int, Tensor]:
         """Recorded attention probabilities per layer, ``[batch, heads, q, k]``."""

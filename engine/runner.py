@@ -1,9 +1,10 @@
 """Attribution for many prompts: one graph file per prompt, resumable, with a progress bar.
 
 1. Prompts whose graph file already exists in the output directory are skipped (re-runs resume).
-2. Each remaining prompt is tokenised as circuit-tracer does (`prompts.prompt_token_ids`), attributed,
-   marked with the model's top prediction and whether it matches the expected answer, and written
-   atomically, so a crash loses at most the graph in flight.
+2. The remaining prompts go to the engine 16 at a time (short ones share backward passes), each
+   tokenised as circuit-tracer does (`prompts.prompt_token_ids`); every graph is marked with the model's
+   top prediction and whether it matches the expected answer, and written atomically, so a crash loses
+   at most the graphs in flight.
 3. Graphs are also yielded as they are written, so a consumer (the ingest pipeline) can load them
    into the database while the next one is being computed.
 """
@@ -18,12 +19,14 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from circuitbase.engine.attribution import AttributionConfig, attribute, memory_note
+from circuitbase.engine.attribution import AttributionConfig, PromptInput, attribute_many, memory_note
 from circuitbase.engine.graph import AttributionGraph
 from circuitbase.engine.models import LoadedModel
 from circuitbase.engine.neuronpedia import write_neuronpedia
 from circuitbase.engine.prompts import Prompt, prompt_token_ids
 from circuitbase.engine.transcoders import TranscoderSet
+
+_PROMPTS_PER_CALL = 16  # prompts handed to the engine at once, so short ones can share backward passes
 
 
 @dataclass
@@ -49,28 +52,39 @@ def is_correct(top_token: str, answer: str | None) -> bool | None:
     return bool(top) and expected.startswith(top)
 
 
+def attribute_prompts(
+    loaded: LoadedModel, transcoders: TranscoderSet, prompts: Sequence[Prompt], *, config: AttributionConfig
+) -> list[AttributionGraph]:
+    """Tokenise and attribute prompts (short ones share backward passes: `attribution.attribute_many`);
+    each graph carries its prompt's metadata, the model's top prediction and whether it is correct."""
+    tokenizer = loaded.tokenizer
+    device = loaded.adapter.unembedding().device
+    inputs = []
+    for prompt in prompts:
+        ids = prompt_token_ids(tokenizer, prompt.text)
+        inputs.append(
+            PromptInput(
+                torch.tensor(ids, dtype=torch.long, device=device),
+                prompt=prompt.text,
+                token_strings=[tokenizer.decode([i]) for i in ids],
+                meta=prompt.meta(),
+            )
+        )
+    graphs = attribute_many(
+        loaded.model, loaded.adapter, transcoders, inputs, config=config, model_name=loaded.name
+    )
+    for prompt, graph in zip(prompts, graphs, strict=True):
+        graph.logit_token_strs = [tokenizer.decode([i]) for i in graph.logit_tokens.tolist()]
+        top = graph.logit_token_strs[0] if graph.logit_token_strs else ""
+        graph.prompt_meta.update({"top_token": top, "correct": is_correct(top, prompt.answer)})
+    return graphs
+
+
 def attribute_prompt(
     loaded: LoadedModel, transcoders: TranscoderSet, prompt: Prompt, *, config: AttributionConfig
 ) -> AttributionGraph:
-    """Tokenise and attribute one prompt; the graph carries the prompt's metadata and correctness."""
-    tokenizer = loaded.tokenizer
-    ids = prompt_token_ids(tokenizer, prompt.text)
-    device = loaded.adapter.unembedding().device
-    graph = attribute(
-        loaded.model,
-        loaded.adapter,
-        transcoders,
-        torch.tensor(ids, dtype=torch.long, device=device),
-        config=config,
-        model_name=loaded.name,
-        token_strings=[tokenizer.decode([i]) for i in ids],
-        prompt=prompt.text,
-        prompt_meta=prompt.meta(),
-    )
-    graph.logit_token_strs = [tokenizer.decode([i]) for i in graph.logit_tokens.tolist()]
-    top = graph.logit_token_strs[0] if graph.logit_token_strs else ""
-    graph.prompt_meta.update({"top_token": top, "correct": is_correct(top, prompt.answer)})
-    return graph
+    """`attribute_prompts` for one prompt."""
+    return attribute_prompts(loaded, transcoders, [prompt], config=config)[0]
 
 
 def iter_attribute(
@@ -99,12 +113,16 @@ def iter_attribute(
     )
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task("attribute", total=len(prompts), rate="-")
-        for prompt in prompts:
-            path = graph_path(out_dir, prompt)
-            if path.exists():
-                summary.skipped += 1
-            else:
-                graph = attribute_prompt(loaded, transcoders, prompt, config=config)
+        pending: list[tuple[Prompt, Path]] = []
+
+        def done(prompt: Prompt, path: Path) -> tuple[Prompt, Path]:
+            summary.seconds = time.perf_counter() - start
+            progress.update(task, advance=1, rate=f"{summary.graphs_per_second:.2f}")
+            return prompt, path
+
+        def run_pending() -> Iterator[tuple[Prompt, Path]]:
+            graphs = attribute_prompts(loaded, transcoders, [prompt for prompt, _ in pending], config=config)
+            for (prompt, path), graph in zip(pending, graphs, strict=True):
                 note = memory_note(graph)
                 if note is not None:
                     progress.console.print(f"[yellow]{prompt.id}[/yellow]: {note}")
@@ -112,6 +130,16 @@ def iter_attribute(
                 if neuronpedia:
                     write_neuronpedia(graph, path.with_suffix(".json"), slug=prompt.id)
                 summary.written += 1
-            summary.seconds = time.perf_counter() - start
-            progress.update(task, advance=1, rate=f"{summary.graphs_per_second:.2f}")
-            yield prompt, path
+                yield done(prompt, path)
+            pending.clear()
+
+        for prompt in prompts:
+            path = graph_path(out_dir, prompt)
+            if path.exists():
+                summary.skipped += 1
+                yield done(prompt, path)
+                continue
+            pending.append((prompt, path))
+            if len(pending) == _PROMPTS_PER_CALL:
+                yield from run_pending()
+        yield from run_pending()

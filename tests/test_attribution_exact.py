@@ -15,8 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from circuitbase.engine.adapters import adapter_for
-from circuitbase.engine.attribution import AttributionConfig, LinearizedPrompt, active_sources, attribute
+from circuitbase.engine.attribution import AttributionConfig, attribute
 from circuitbase.engine.interventions import FeatureIntervention, run_with_interventions
+from circuitbase.engine.linear_forward import LinearizedPrompt, active_sources
 from circuitbase.engine.replacement import build_replacement_state, hooked
 from circuitbase.engine.transcoders import TranscoderSet
 from tests.numerics import assert_close

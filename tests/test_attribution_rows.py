@@ -19,17 +19,19 @@ from transformers import AutoModelForCausalLM
 from circuitbase.engine.adapters import adapter_for
 from circuitbase.engine.attribution import (
     AttributionConfig,
-    LinearizedPrompt,
+    PromptInput,
     _feature_targets,
-    active_sources,
     attribute,
+    attribute_many,
     memory_note,
     select_logits,
 )
+from circuitbase.engine.linear_forward import LinearizedPrompt, active_sources
 from circuitbase.engine.replacement import build_replacement_state
 from circuitbase.engine.row_store import RowStore
 from circuitbase.engine.transcoders import TranscoderSet
 from tests.numerics import assert_close, max_relative_difference
+from tests.tiny_models import tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "circuit-tracer-format"
 BUDGET = 512
@@ -157,3 +159,43 @@ def test_bfloat16_edges_within_bound_of_float32(tiny) -> None:
     error = max_relative_difference(ours, theirs)
     print(f"bfloat16 max edge error: {error:.3g} of the largest edge")
     assert 0 < error <= BF16_EDGE_BOUND
+
+
+@pytest.mark.parametrize("family", ["llama-fixture", "gemma2"])
+def test_prompts_sharing_a_pass_get_the_graphs_they_get_alone(device, family) -> None:
+    """Short prompts of different lengths packed into one backward pass (a long one between them runs
+    alone) give the graphs `attribute` gives each prompt by itself."""
+    if family == "llama-fixture":
+        model = AutoModelForCausalLM.from_pretrained(FIXTURES / "tiny-llama", dtype=torch.float32)
+        transcoders = TranscoderSet.load(FIXTURES / "plt-jumprelu-skip", device=device)
+    else:
+        model = tiny_model(family)
+        transcoders = TranscoderSet.random(
+            n_layers=2, d_model=64, d_transcoder=48, activation="topk", k=6, skip=True, seed=1, device=device
+        )
+    model = model.to(device).eval()
+    adapter = adapter_for(model)
+    generator = torch.Generator().manual_seed(5)
+    lengths = [3, 2, 4, 60, 2, 3]
+    prompts = [
+        PromptInput(
+            torch.cat([torch.tensor([1]), torch.randint(4, 500, (n - 1,), generator=generator)]).to(device)
+        )
+        for n in lengths
+    ]
+    config = AttributionConfig(max_feature_nodes=None, batch_size=512)
+    together = attribute_many(model, adapter, transcoders, prompts, config=config)
+    alone = [attribute(model, adapter, transcoders, p.input_ids, config=config) for p in prompts]
+
+    shared = [g.params.get("prompts_sharing_the_pass", 1) for g in together]
+    assert shared[3] == 1 and max(shared) >= 2  # the long prompt alone, short ones packed
+    assert sum(g.params["backward_passes"] for g in together) < sum(
+        g.params["backward_passes"] for g in alone
+    )
+    for packed, single in zip(together, alone, strict=True):
+        assert packed.input_ids == single.input_ids
+        assert torch.equal(packed.active_features, single.active_features)
+        assert torch.equal(packed.selected_features, single.selected_features)
+        assert torch.equal(packed.logit_tokens, single.logit_tokens)
+        assert_close(packed.dense_adjacency(), single.dense_adjacency(), rel=1e-5)
+        assert torch.equal(packed.node_mask, single.node_mask)
