@@ -157,6 +157,10 @@ def attribute_many(
     config = config or AttributionConfig()
     model.requires_grad_(False)
     prepared = (_prepare(model, adapter, transcoders, entry, config) for entry in prompts)  # one at a time
+    # copies of a shared pass: the batch size, or fewer where the longest prompt allowed would pass the cap
+    copies = _affordable_batch(
+        config, n_positions=_PACKED_MAX_POSITIONS, d_model=adapter.d_model, n_layers=adapter.n_layers
+    )
     graphs: list[AttributionGraph] = []
     pack: list[_Prepared] = []
 
@@ -168,11 +172,11 @@ def attribute_many(
         pack.clear()
 
     for entry in prepared:
-        if not _packable(entry, config):
+        if not _packable(entry, config, copies):
             flush()
             graphs.append(_single(model, adapter, transcoders, entry, config, model_name))
             continue
-        if sum(p.n_targets for p in pack) + entry.n_targets > config.batch_size:
+        if sum(p.n_targets for p in pack) + entry.n_targets > copies:
             flush()
         pack.append(entry)
     flush()
@@ -208,11 +212,12 @@ def _prepare(
     )
 
 
-def _packable(entry: _Prepared, config: AttributionConfig) -> bool:
+def _packable(entry: _Prepared, config: AttributionConfig, copies: int) -> bool:
+    """Whether a prompt's graph is one pass of at most `copies` targets, short enough to share it."""
     full_rows = entry.n_targets * entry.sources.n_sources * 4
     return (
         entry.budget == entry.sources.n_active
-        and entry.n_targets <= config.batch_size
+        and entry.n_targets <= copies
         and entry.state.n_positions <= _PACKED_MAX_POSITIONS
         and full_rows <= config.max_row_memory_mb * 2**20
     )
