@@ -1,21 +1,25 @@
 """Attribution graphs by batched backward passes through the frozen replacement model.
 
-1. Clean recorded forward (`build_replacement_state`): activations a, errors e, embeddings E.
-2. Linear forward: B copies of the prompt under `Freezer.replay()`, through the model's body only (no
-   logits). The residual stream entering the first block is a leaf E; each MLP output becomes
-   skip(x_l) + C_l, where the leaf C_l holds the recorded constant m_l - skip(x_l). With attention
-   patterns, norm scales and MLP outputs fixed, every MLP input x_l and the final normed residual z
-   are linear in (E, C).
+1. Clean recorded forward (`build_replacement_state`): activations a, errors e, embeddings E, the last
+   position's logits.
+2. Linear forward (`linear_forward.LinearizedPrompt`): B copies of the prompt under the recorded
+   attention patterns and norm scales, through the model's body only (no logits). The residual stream
+   entering the first block is a leaf E; each MLP output becomes skip(x_l) + C_l, where the leaf C_l
+   holds the recorded constant m_l - skip(x_l). Every transcoder input x_l and the final normed
+   residual z are then linear in (E, C).
 3. A target is a dot product with a hook point: a feature's pre-activation is W_enc[f] . x_l[p] (+ b_enc),
    a logit's value is (W_U[t] - mean_v W_U[v]) . z[T-1] (before any final soft-capping). One backward
    pass per batch of B targets, each seeded in its own copy, gives d target / d(E, C).
 4. Edge weight = source vector . gradient: feature s at (i, q) -> a_s * sum_o W_dec_i[s, o - i] . dC_o[q]
-   (o = i only for per-layer transcoders), one batched matmul per layer over positions (`FeatureSources`);
-   error at (l, q) -> e_l[q] . dC_l[q]; token at q -> E[q] . dE[q].
+   (o = i only for per-layer transcoders), one batched matmul per layer over positions; error at
+   (l, q) -> e_l[q] . dC_l[q]; token at q -> E[q] . dE[q].
 5. Logits are visited first. When every active feature is a target they follow in index order;
    otherwise in order of their estimated influence on the logits, re-estimated every
-   `influence_refresh_batches` batches (`RowStore`, which also keeps the rows within the memory cap).
+   `influence_refresh_batches` batches (`row_store.RowStore`, which also keeps the rows within the
+   memory cap). Targets are taken layer by layer, so a pass runs back only from its highest layer.
 6. Prune by influence (`pruning.prune`) and package an `AttributionGraph`.
+
+`attribute_many` does the same for several prompts; those whose whole graph is one pass share it.
 """
 
 from __future__ import annotations
