@@ -321,16 +321,25 @@ def _package(
     """Map stored columns onto the node order [selected features | errors | tokens | logits] and prune."""
     state, sources, logit_ids, logit_probs = entry.state, entry.sources, entry.logit_ids, entry.logit_probs
     visited = store.visited
-    order = torch.argsort(visited)
-    selected = visited[order]
+    in_order = bool((visited[1:] > visited[:-1]).all())  # visited in index order: no row reordering
+    order = None if in_order else torch.argsort(visited)
+    selected = visited if order is None else visited[order]
     n_sel = selected.numel()
     n_err, n_tok, n_logit = sources.n_layers * sources.n_positions, sources.n_positions, logit_ids.numel()
     kinds = NodeKinds(n_features=n_sel, n_errors=n_err, n_tokens=n_tok, n_logits=n_logit)
-    # column map: selected feature -> node (unselected ones dropped); errors and tokens follow the selection
-    rows_src = torch.cat([store.stored_rows()[order], store.kept_columns(store.logit_rows)], dim=0)
-    rows = rows_src.new_zeros(rows_src.shape[0], kinds.n_nodes)
-    rows[:, :n_sel] = rows_src[:, store.column_of(selected)]
-    rows[:, n_sel : n_sel + n_err + n_tok] = rows_src[:, rows_src.shape[1] - n_err - n_tok :]
+    # rows over the node order: selected features (unselected columns dropped), then errors and tokens
+    feature_rows = store.stored_rows() if order is None else store.stored_rows()[order]
+    rows_src = torch.cat([feature_rows, store.kept_columns(store.logit_rows)], dim=0)
+    columns = store.column_of(selected)
+    all_columns = n_sel == rows_src.shape[1] - n_err - n_tok and bool(
+        (columns == torch.arange(n_sel, device=columns.device)).all()
+    )  # every stored feature column is a node, in order: no column gather
+    parts = (
+        [rows_src]
+        if all_columns
+        else [rows_src[:, columns], rows_src[:, rows_src.shape[1] - n_err - n_tok :]]
+    )
+    rows = torch.cat([*parts, rows_src.new_zeros(rows_src.shape[0], n_logit)], dim=1)  # logits: targets only
     device = rows.device
     row_nodes = torch.cat(
         [
@@ -347,13 +356,16 @@ def _package(
         node_threshold=config.node_threshold,
         edge_threshold=config.edge_threshold,
     )
-    nonzero = rows != 0
-    row_idx, col_idx = torch.nonzero(nonzero, as_tuple=True)
-    indices = torch.stack([row_nodes[row_idx], col_idx])
+    # row-major non-zeros of the rows; row_nodes is increasing, so the node indices stay sorted
+    by_row = rows.to_sparse()
+    row_idx, col_idx = by_row.indices()
     adjacency = torch.sparse_coo_tensor(
-        indices, rows[row_idx, col_idx], (kinds.n_nodes, kinds.n_nodes), check_invariants=True
+        torch.stack([row_nodes[row_idx], col_idx]),
+        by_row.values(),
+        (kinds.n_nodes, kinds.n_nodes),
+        is_coalesced=True,
+        check_invariants=False,  # sorted and unique by construction
     )
-    adjacency = adjacency.coalesce()  # row-major order is already sorted, so masks stay aligned
     edge_mask = result.edge_mask[row_idx, col_idx]
     ids = state.input_ids.tolist()
     return AttributionGraph(
