@@ -1,233 +1,398 @@
-"""Attribution speed and memory: seconds per graph, backward passes, peak memory, graph sizes.
+"""Attribution speed, memory and exactness per case, with circuit-tracer side by side (`--compare`).
 
-Each (model, prompt length) case runs in its own subprocess so its peak memory (max RSS on CPU,
-`torch.cuda.max_memory_allocated` on GPU) is its own. Cases:
+Each case (a model, a prompt length, a feature-node budget) runs in its own subprocess, so its peak
+memory (max RSS on CPU, `torch.cuda.max_memory_allocated` on GPU) is its own. Both tools load the same
+model folder and the same transcoder folder (written once by `bench_models.prepare`) and attribute the
+same token ids (BOS first): windows of a fixed English paragraph cut to exactly N tokens. The first
+graph of a case is a warm-up, and the one whose edges are compared; the next `--repeats` are timed.
 
-- `tiny-llama`: the 2-layer, d_model 64 fixture model with its public-format JumpReLU+skip transcoders;
-  with `--compare`, circuit-tracer (if importable in the interpreter given by `--circuit-tracer-python`)
-  attributes the same prompts with the same files, and the table shows the speed ratio.
-- `smollm2`: SmolLM2-135M (offline GGUF) with random JumpReLU per-layer transcoders of `--d-transcoder`
-  features (trained ones replace them once they exist; the work per graph depends on the number of
-  active features, which `--max-feature-nodes` caps).
-- `gemma2-2b-shape`: a randomly initialised Gemma-2 2B-shaped model with 16K-feature transcoders (GPU only).
+Cases (`bench_models` describes the models; transcoders fire ~32-100 features per token per layer):
+- tiny-llama and tiny-gemma2 (2 layers, d_model 64) at 16/32/64/128 tokens, every feature visited
+  (tiny-gemma2 at 128 tokens: 512 feature nodes);
+- smollm2 (SmolLM2-135M, 4,096 calibrated features per layer) at 16 tokens with 512 and 4,096 feature
+  nodes, and a 1,024-token prompt (`smollm2-long`, by name only on a CPU);
+- gemma2-2b-shape at 64 and 256 tokens with 2,048 feature nodes and at 2,048 tokens with 8,192 (GPU only).
 
-Prompts are windows of a fixed English paragraph cut to exactly N tokens. Throughput for a batch of
-prompts is measured as graphs/s over `--batch` prompts after one warm-up graph.
+Columns: circuitbase and circuit-tracer s/graph, their ratio (circuit-tracer / circuitbase), peak memory
+of each, the max edge difference on the nodes both selected (features by (layer, position, feature),
+errors and tokens by position, logits by token; relative to the largest such edge of circuit-tracer's
+graph), achieved TFLOP/s against the card's dense peak on a GPU (`flops`); with `--dtype bfloat16`,
+circuitbase again with bfloat16 weights and transcoders, and its max edge error against its float32 graph.
 
-    python bench/attribution.py                       # CPU defaults
-    python bench/attribution.py --models smollm2 --lengths 16 64 256 1024 --device cuda
+    python bench/attribution.py --quick                     # a small CPU subset, circuitbase only
+    python bench/attribution.py --compare --dtype bfloat16 --json rows.json
+    python bench/attribution.py --compare --device cuda --cases gemma2-2b-shape
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PARAGRAPH = (
-    "The history of the city begins with a small settlement on the river, where traders met to exchange "
-    "grain, salt and cloth. Over the centuries the town grew into a busy port, and its people built "
-    "bridges, markets, churches and schools. Today the old quarter keeps its narrow streets, while new "
-    "districts stretch along the water with parks, offices and homes for families who arrive every year. "
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CIRCUIT_TRACER_CASE = Path(__file__).resolve().parent / "circuit_tracer_case.py"
+SIDE_VENV = (
+    Path(os.environ.get("CIRCUITBASE_HOME", "~/.cache/circuitbase")).expanduser() / "circuit-tracer-venv"
 )
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "circuit-tracer-format"
 
 
-def _token_ids(tokenizer, length: int, offset: int):
+@dataclass(frozen=True)
+class Case:
+    """One bench row: `family` (bench_models.FAMILIES) at `length` tokens, `max_feature_nodes` (None =
+    every active feature) and `batch_size` targets per backward pass for both tools."""
+
+    family: str
+    length: int
+    max_feature_nodes: int | None
+    batch_size: int = 64
+    quick: bool = False  # in the --quick subset
+    by_name_on_cpu: bool = False  # too slow for a 2-core CPU unless named with --cases
+
+    @property
+    def name(self) -> str:
+        nodes = "all" if self.max_feature_nodes is None else str(self.max_feature_nodes)
+        return f"{self.family}-{self.length}-{nodes}"
+
+
+CASES = (
+    Case("tiny-llama", 16, None, quick=True),
+    Case("tiny-llama", 32, None, quick=True),
+    Case("tiny-llama", 64, None),
+    Case("tiny-llama", 128, None),
+    Case("tiny-gemma2", 16, None, quick=True),
+    Case("tiny-gemma2", 32, None),
+    Case("tiny-gemma2", 64, None),
+    Case("tiny-gemma2", 128, 512),
+    Case("smollm2", 16, 512, quick=True),
+    Case("smollm2", 16, 4096),
+    Case("smollm2", 1024, 64, batch_size=16, by_name_on_cpu=True),
+    Case("gemma2-2b-shape", 64, 2048, batch_size=256),
+    Case("gemma2-2b-shape", 256, 2048),
+    Case("gemma2-2b-shape", 2048, 8192),
+)
+
+
+# -- one case in this process ---------------------------------------------------------------------------
+
+
+def _prompts(tokenizer, length: int, count: int) -> list:
+    """`count` windows of the paragraph, each exactly `length` ids with the start token first."""
     import torch
+    from bench_models import PARAGRAPH
+
+    from circuitbase.engine.prompts import start_token_id
 
     ids = tokenizer(PARAGRAPH * (2 + length // 40), add_special_tokens=False).input_ids
-    body = ids[offset % 20 :][: length - 1]
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else ids[0]
-    return torch.tensor([bos, *body])
+    start = start_token_id(tokenizer)
+    return [torch.tensor([start, *ids[offset:][: length - 1]]) for offset in range(count)]
 
 
-def _load(name: str, device: str, d_transcoder: int):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from circuitbase.engine.adapters import adapter_for
-    from circuitbase.engine.models import load_model
-    from circuitbase.engine.transcoders import TranscoderSet
-
-    if name == "tiny-llama":
-        model = AutoModelForCausalLM.from_pretrained(FIXTURES / "tiny-llama").to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tiny-llama")
-        transcoders = TranscoderSet.load(FIXTURES / "plt-jumprelu-skip", device=device)
-        return model, adapter_for(model), tokenizer, transcoders
-    if name == "smollm2":
-        loaded = load_model("smollm2", device=device)
-        adapter = loaded.adapter
-        transcoders = TranscoderSet.random(
-            n_layers=adapter.n_layers, d_model=adapter.d_model, d_transcoder=d_transcoder, skip=True, seed=0
-        ).to(device)
-        return loaded.model, adapter, loaded.tokenizer, transcoders
-    if name == "gemma2-2b-shape":
-        from transformers import Gemma2Config
-
-        config = Gemma2Config(
-            vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-            num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-        )  # fmt: skip
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device).eval()
-        adapter = adapter_for(model)
-        transcoders = TranscoderSet.random(
-            n_layers=26, d_model=2304, d_transcoder=16384, skip=True, seed=0
-        ).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tiny-llama")  # token ids only
-        return model, adapter, tokenizer, transcoders
-    raise SystemExit(f"unknown model {name!r}")
-
-
-def run_case(args: argparse.Namespace) -> dict:
-    """One (model, length) case in this process; returns the measured row."""
-    import torch
-
-    from circuitbase.engine.attribution import AttributionConfig, attribute
-
-    torch.manual_seed(0)
-    model, adapter, tokenizer, transcoders = _load(args.model, args.device, args.d_transcoder)
-    config = AttributionConfig(max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size)
-    prompts = [_token_ids(tokenizer, args.length, offset).to(args.device) for offset in range(args.batch + 1)]
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    graph = attribute(model, adapter, transcoders, prompts[0], config=config)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for ids in prompts[1:]:
-        attribute(model, adapter, transcoders, ids, config=config)
-    batch_seconds = time.perf_counter() - start
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if args.device == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+def _graph_record(graph) -> dict:
+    """The graph in the plain form `edge_diff` reads in either interpreter."""
+    adjacency = graph.adjacency.coalesce()
     return {
-        "engine": "circuitbase",
-        "model": args.model,
-        "length": args.length,
-        "s_per_graph": batch_seconds / max(args.batch, 1) if args.batch else first,
-        "first_graph_s": first,
-        "backward_passes": graph.params["backward_passes"],
-        "peak_mib": peak,
-        "active_features": int(graph.active_features.shape[0]),
-        "nodes": graph.n_nodes,
-        "edges": int(graph.adjacency._nnz()),
-        "nodes_pruned": int(graph.node_mask.sum()),
-        "edges_pruned": int(graph.edge_mask.sum()),
-        "graphs_per_s": args.batch / batch_seconds if args.batch else 1 / first,
+        "features": graph.active_features[graph.selected_features],
+        "logit_tokens": graph.logit_tokens,
+        "n_layers": graph.n_layers,
+        "input_ids": list(graph.input_ids),
+        "indices": adjacency.indices(),
+        "values": adjacency.values(),
     }
 
 
-CIRCUIT_TRACER_CASE = r"""
-import json, resource, sys, time, torch
-from circuit_tracer import ReplacementModel, attribute
-from transformers import AutoTokenizer
-fixtures, length, batch, paragraph = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-settings = dict(max_feature_nodes=int(sys.argv[5]), batch_size=int(sys.argv[6]), verbose=False)
-model = ReplacementModel.from_pretrained(fixtures + "/tiny-llama", fixtures + "/plt-jumprelu-skip",
-                                         backend="nnsight", device=torch.device("cpu"), dtype=torch.float32)
-tok = AutoTokenizer.from_pretrained(fixtures + "/tiny-llama")
-def ids(offset):
-    body = tok(paragraph * (2 + length // 40), add_special_tokens=False).input_ids[offset % 20:][: length - 1]
-    return torch.tensor([tok.bos_token_id, *body])
-start = time.perf_counter(); attribute(ids(0), model, **settings); first = time.perf_counter() - start
-start = time.perf_counter()
-for offset in range(1, batch + 1):
-    attribute(ids(offset), model, **settings)
-seconds = time.perf_counter() - start
-print(json.dumps({"s_per_graph": seconds / batch if batch else first, "first_graph_s": first,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+def run_case(spec: dict) -> dict:
+    """Time circuitbase on one case (spec written by `main`); returns the measured row."""
+    import torch
+    from edge_diff import edges_of, max_edge_difference
+    from flops import model_dims
+
+    from circuitbase.engine.attribution import AttributionConfig, attribute
+    from circuitbase.engine.loading import load_model_and_transcoders
+
+    device = spec["device"]
+    loaded, transcoders, _ = load_model_and_transcoders(
+        spec["model_dir"], spec["transcoder_dir"], device=device, precision=spec["precision"]
+    )
+    ids_file = Path(spec["ids"])
+    if not ids_file.exists():
+        torch.save(_prompts(loaded.tokenizer, spec["length"], spec["repeats"] + 1), ids_file)
+    prompts = torch.load(ids_file)
+    config = AttributionConfig(max_feature_nodes=spec["max_feature_nodes"], batch_size=spec["batch_size"])
+
+    def one(ids):
+        return attribute(loaded.model, loaded.adapter, transcoders, ids.to(device), config=config)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    graph = one(prompts[0])
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for ids in prompts[1:]:
+        one(ids)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    timed = len(prompts) - 1
+    seconds = (time.perf_counter() - start) / timed if timed else first
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    record = _graph_record(graph)
+    row = {
+        "s_per_graph": seconds,
+        "first_graph_s": first,
+        "peak_mib": peak,
+        "backward_passes": graph.params["backward_passes"],
+        "effective_batch_size": graph.params["effective_batch_size"],
+        "capped_by_memory": graph.params["feature_nodes_capped_by_memory"],
+        "candidate_features": graph.params["candidate_features"],
+        "active_features": int(graph.active_features.shape[0]),
+        "feature_nodes": int(graph.selected_features.numel()),
+        "logits": int(graph.logit_tokens.numel()),
+        "n_layers": graph.n_layers,
+        "dims": model_dims(loaded.model.config),
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    }
+    if spec.get("graph_out"):
+        torch.save(record, spec["graph_out"])
+    if spec.get("compare_to"):
+        reference = edges_of(torch.load(spec["compare_to"]))
+        difference = max_edge_difference(reference, edges_of(record))
+        row |= {f"edge_{k}": v for k, v in difference.items()}
+    return row
 
 
-def run_circuit_tracer(
-    python: str, length: int, batch: int, max_feature_nodes: int, batch_size: int
-) -> dict | None:
-    proc = subprocess.run(
-        [python, "-c", CIRCUIT_TRACER_CASE, str(FIXTURES), str(length), str(batch), PARAGRAPH,
-         str(max_feature_nodes), str(batch_size)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+# -- the driver -----------------------------------------------------------------------------------------
+
+
+def _subprocess(command: list[str], *, timeout: float) -> dict | str:
+    """The JSON row a case prints, or a short reason it gave none."""
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return f"over {timeout:.0f} s"
     if proc.returncode != 0:
-        print(f"circuit-tracer case failed (length {length}): {proc.stderr.strip().splitlines()[-1:]}")
-        return None
+        lines = proc.stderr.strip().splitlines()
+        if any("out of memory" in line.lower() for line in lines[-5:]):
+            return "out of memory"
+        return f"failed: {lines[-1] if lines else proc.returncode}"[:100]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _selected(args: argparse.Namespace) -> list[Case]:
+    from bench_models import FAMILIES
+
+    if args.cases:
+        chosen = [c for c in CASES if c.name in args.cases or c.family in args.cases]
+        unknown = set(args.cases) - {c.name for c in CASES} - {c.family for c in CASES}
+        if unknown:
+            raise SystemExit(f"unknown case(s) {sorted(unknown)}; known: {[c.name for c in CASES]}")
+        return chosen
+    on_gpu = args.device == "cuda"
+    return [
+        c
+        for c in CASES
+        if (c.quick or not args.quick) and (on_gpu or not (c.by_name_on_cpu or FAMILIES[c.family].gpu_only))
+    ]
+
+
+def _case_row(case: Case, args: argparse.Namespace, work: Path, files: dict) -> dict:
+    """Run circuitbase (float32), circuit-tracer and circuitbase in --dtype for one case."""
+    folder = work / "cases" / case.name
+    folder.mkdir(parents=True, exist_ok=True)
+    ids, graph = folder / "ids.pt", folder / "circuitbase-float32.pt"
+    ids.unlink(missing_ok=True)
+    spec = {
+        **files, "ids": str(ids), "length": case.length, "repeats": args.repeats, "device": args.device,
+        "max_feature_nodes": case.max_feature_nodes, "batch_size": case.batch_size,
+    }  # fmt: skip
+    row: dict = {"case": case.name, **asdict(case)}
+
+    def run(name: str, python: str, script: str, extra: dict) -> dict | str:
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(spec | extra))
+        return _subprocess([python, script, "--spec", str(path)], timeout=args.max_seconds_per_case)
+
+    row["circuitbase"] = run(
+        "circuitbase", sys.executable, __file__, {"precision": "float32", "graph_out": str(graph)}
+    )
+    if not isinstance(row["circuitbase"], dict):
+        return row
+    if args.compare:
+        row["circuit_tracer"] = run(
+            "circuit-tracer", args.circuit_tracer_python, str(CIRCUIT_TRACER_CASE), {"compare_to": str(graph)}
+        )
+    if args.dtype != "float32":
+        row[args.dtype] = run(
+            args.dtype, sys.executable, __file__, {"precision": args.dtype, "compare_to": str(graph)}
+        )
+    return row
+
+
+def _tflops(row: dict, tool: str, dtype: str) -> str:
+    """'achieved (share of peak)' for one tool's run of a row, 'n/a' on a CPU."""
+    from flops import graph_flops, peak_tflops
+
+    ours, run = row["circuitbase"], row.get(tool)
+    if not isinstance(run, dict) or ours["device_name"] == "cpu":
+        return "n/a"
+    if tool == "circuit_tracer":
+        copies = row["batch_size"]
+        passes = math.ceil(run["logits"] / copies) + math.ceil(run["feature_nodes"] / copies)
+    else:
+        copies, passes = run["effective_batch_size"], run["backward_passes"]
+    flops = graph_flops(
+        ours["dims"], tokens=row["length"], copies=copies, passes=passes,
+        active_features=ours["active_features"],
+    )  # fmt: skip
+    achieved = flops / run["s_per_graph"] / 1e12
+    peak = peak_tflops(ours["device_name"], dtype)
+    return f"{achieved:.1f}" + (f" ({achieved / peak:.0%})" if peak else "")
+
+
+def _cell(run: dict | str | None, key: str, fmt: str, *, reason: bool = False) -> str:
+    """`run[key]` formatted; for a run that failed, its reason (where `reason`) or '-'."""
+    if not isinstance(run, dict):
+        return run if reason and run else "-"
+    return format(run[key], fmt) if run.get(key) is not None else "-"
+
+
+def _table(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    columns = [
+        "case", "tokens", "feature nodes", "act/tok/layer", "circuitbase s", "circuit-tracer s", "ratio",
+        "cb peak MiB", "ct peak MiB", "edge diff", "cb TFLOP/s", "ct TFLOP/s",
+    ]  # fmt: skip
+    if args.dtype != "float32":
+        columns += [f"{args.dtype} s", f"{args.dtype} err"]
+    lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
+    for row in rows:
+        ours, theirs, low = row["circuitbase"], row.get("circuit_tracer"), row.get(args.dtype)
+        if not isinstance(ours, dict):
+            lines.append(" | ".join([row["case"], str(row["length"]), ours, *["-"] * (len(columns) - 3)]))
+            continue
+        nodes = (
+            f"all {ours['feature_nodes']:,}"
+            if row["max_feature_nodes"] is None
+            else f"{ours['feature_nodes']:,} of {ours['active_features']:,}"
+        )
+        if ours["capped_by_memory"]:
+            nodes += " (capped)"
+        per_token = ours["active_features"] / (ours["n_layers"] * max(1, row["length"] - 1))
+        ratio = f"{theirs['s_per_graph'] / ours['s_per_graph']:.2f}x" if isinstance(theirs, dict) else "-"
+        cells = [
+            row["case"], str(row["length"]), nodes, f"{per_token:.0f}", _cell(ours, "s_per_graph", ".3f"),
+            _cell(theirs, "s_per_graph", ".3f", reason=True), ratio, _cell(ours, "peak_mib", ".0f"),
+            _cell(theirs, "peak_mib", ".0f"), _cell(theirs, "edge_max_rel", ".1e"),
+            _tflops(row, "circuitbase", "float32"), _tflops(row, "circuit_tracer", "float32"),
+        ]  # fmt: skip
+        if args.dtype != "float32":
+            cells += [_cell(low, "s_per_graph", ".3f", reason=True), _cell(low, "edge_max_rel", ".1e")]
+        lines.append(" | ".join(cells))
+    return lines
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed; no plot written to {path}")
+        return
+    done = [r for r in rows if isinstance(r["circuitbase"], dict)]
+    names = [r["case"] for r in done]
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.8), 4))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [r["circuitbase"]["s_per_graph"] for r in done], 0.4, label="circuitbase")
+    ct = [
+        r["circuit_tracer"]["s_per_graph"] if isinstance(r.get("circuit_tracer"), dict) else 0 for r in done
+    ]
+    ax.bar([i + 0.2 for i in x], ct, 0.4, label="circuit-tracer")
+    ax.set_xticks(list(x), names, rotation=45, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("s / graph")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["tiny-llama", "smollm2"])
-    parser.add_argument("--lengths", nargs="+", type=int, default=[16, 64, 256, 1024])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=32, help="prompts timed for graphs/s")
-    parser.add_argument("--batch-size", type=int, default=64, help="targets per backward pass")
-    parser.add_argument("--max-feature-nodes", type=int, default=1024)
-    parser.add_argument("--d-transcoder", type=int, default=2048)
-    parser.add_argument("--max-seconds-per-case", type=float, default=300)
-    parser.add_argument("--compare", action="store_true", help="also time circuit-tracer on tiny-llama")
-    parser.add_argument("--circuit-tracer-python", default=os.environ.get("CIRCUIT_TRACER_PYTHON", ""))
-    parser.add_argument("--json", type=Path, help="write the rows here too")
-    parser.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case:
-        print(json.dumps(run_case(args)))
-        return
-
-    rows = []
-    for model in args.models:
-        for length in args.lengths:
-            batch = args.batch if length <= 256 else max(1, args.batch // 8)
-            command = [
-                sys.executable, __file__, "--case", "--model", model, "--length", str(length),
-                "--device", args.device, "--batch", str(batch), "--batch-size", str(args.batch_size),
-                "--max-feature-nodes", str(args.max_feature_nodes), "--d-transcoder", str(args.d_transcoder),
-            ]  # fmt: skip
-            try:
-                proc = subprocess.run(
-                    command, capture_output=True, text=True, timeout=args.max_seconds_per_case, check=False
-                )
-            except subprocess.TimeoutExpired:
-                print(f"{model} @ {length}: over {args.max_seconds_per_case:.0f} s, skipped")
-                continue
-            if proc.returncode != 0:
-                print(f"{model} @ {length} failed: {proc.stderr.strip().splitlines()[-1:]}")
-                continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            if args.compare and model == "tiny-llama" and args.circuit_tracer_python:
-                reference = run_circuit_tracer(
-                    args.circuit_tracer_python, length, batch, args.max_feature_nodes, args.batch_size
-                )
-                if reference:
-                    row["circuit_tracer_s"] = reference["s_per_graph"]
-                    row["speedup_vs_circuit_tracer"] = reference["s_per_graph"] / row["s_per_graph"]
-    header = (
-        f"{'model':<16}{'len':>6}{'s/graph':>10}{'bwd':>6}{'peak MiB':>10}{'active':>8}{'nodes':>8}"
-        f"{'edges':>10}{'nodes*':>8}{'edges*':>8}{'graphs/s':>10}{'vs c-t':>8}"
+    parser.add_argument("--cases", nargs="+", help="case or family names (default: all this device runs)")
+    parser.add_argument("--quick", action="store_true", help="a small subset (4 cases)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=2, help="timed graphs per case after the warm-up")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="also run circuitbase in this precision and compare its edges to float32",
     )
-    print(f"\ndevice: {args.device}   (* = after pruning; vs c-t = circuit-tracer time / ours)")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        ratio = f"{r['speedup_vs_circuit_tracer']:.2f}x" if "speedup_vs_circuit_tracer" in r else "-"
-        print(
-            f"{r['model']:<16}{r['length']:>6}{r['s_per_graph']:>10.3f}{r['backward_passes']:>6}"
-            f"{r['peak_mib']:>10.0f}{r['active_features']:>8}{r['nodes']:>8}{r['edges']:>10}"
-            f"{r['nodes_pruned']:>8}{r['edges_pruned']:>8}{r['graphs_per_s']:>10.2f}{ratio:>8}"
-        )
+    parser.add_argument("--compare", action="store_true", help="time circuit-tracer on the same cases")
+    parser.add_argument(
+        "--circuit-tracer-python",
+        default=os.environ.get("CIRCUIT_TRACER_PYTHON", str(SIDE_VENV / "bin" / "python")),
+        help="an interpreter that imports circuit_tracer (tests/fixtures/parity/make_side_env.sh builds one)",
+    )
+    parser.add_argument("--max-seconds-per-case", type=float, default=900)
+    parser.add_argument("--work-dir", type=Path, help="keep the prepared models here (default: temporary)")
+    parser.add_argument("--json", type=Path, help="write the rows here too")
+    parser.add_argument("--plot", type=Path, help="bar chart of s/graph per case (needs matplotlib)")
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.spec:
+        print(json.dumps(run_case(json.loads(args.spec.read_text()))))
+        return
+    if args.prepare:
+        from bench_models import prepare
+
+        print(json.dumps(prepare(args.prepare, work_dir=args.work_dir, device=args.device)))
+        return
+    if args.compare and not Path(args.circuit_tracer_python).exists():
+        raise SystemExit(f"no circuit-tracer interpreter at {args.circuit_tracer_python}")
+
+    cases = _selected(args)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.work_dir or Path(scratch)
+        rows, prepared = [], {}
+        for case in cases:
+            if case.family not in prepared:
+                command = [sys.executable, __file__, "--prepare", case.family, "--work-dir", str(work),
+                           "--device", args.device]  # fmt: skip
+                prepared[case.family] = _subprocess(command, timeout=args.max_seconds_per_case)
+            files = prepared[case.family]
+            row = (
+                _case_row(case, args, work, files)
+                if isinstance(files, dict)
+                else {"case": case.name, **asdict(case), "circuitbase": f"prepare {files}"}
+            )
+            rows.append(row)
+            print(f"{case.name}: done", file=sys.stderr, flush=True)
+    print(
+        f"\ndevice: {args.device}; ratio = circuit-tracer s / circuitbase s; edge diff relative to the "
+        "largest edge on the shared nodes; act/tok/layer = active features per token per layer"
+    )
+    print("\n".join(_table(rows, args)))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.plot:
+        _plot(rows, args.plot)
 
 
 if __name__ == "__main__":
