@@ -24,7 +24,8 @@ from strawberry.fastapi import BaseContext
 from strawberry.types.base import StrawberryOptional, get_object_definition
 from strawberry.types.nodes import SelectedField, Selection
 
-from circuitbase.analysis.compare import Comparison, Split, compare
+from circuitbase.analysis.compare import TEST_NAME, Comparison, Split, compare
+from circuitbase.analysis.compare import SideCount as StratumCount
 from circuitbase.analysis.gds import AnalysisError
 from circuitbase.analysis.queries import run_query
 from circuitbase.analysis.run import STEPS
@@ -633,10 +634,10 @@ class GraphComparison:
         ]
 
 
-@strawberry.type(
-    description="A feature whose presence differs between sides A and B (compare_features.cypher)."
+@strawberry.interface(
+    description="Presence on sides A and B, crude and tested within strata (analysis.compare)."
 )
-class FeatureContrast:
+class Contrast:
     key: strawberry.ID
     k_a: int
     n_a: int
@@ -644,12 +645,29 @@ class FeatureContrast:
     n_b: int
     p_a: float
     p_b: float
-    diff: float
-    log_odds: float
+    diff: float = strawberry.field(description="pA - pB over all graphs (crude).")
+    log_odds: float = strawberry.field(description="Haldane-corrected log-odds ratio (crude).")
     se: float
-    z: float
+    z: float = strawberry.field(description="logOdds / se (crude Wald z).")
     influence_a: float | None
     influence_b: float | None
+    mh_diff: float | None = strawberry.field(
+        description="Mantel-Haenszel risk difference over the strata holding both sides (null: none does)."
+    )
+    test_z: float | None = strawberry.field(
+        description="Cochran-Mantel-Haenszel statistic (null: not testable, no variance in any stratum)."
+    )
+    p_value: float | None = strawberry.field(description="Two-sided p-value of testZ.")
+    q_value: float | None = strawberry.field(
+        description="Benjamini-Hochberg q-value over the tested rows of this table."
+    )
+
+
+@strawberry.type(
+    description="A feature whose presence differs between sides A and B (compare_features.cypher)."
+)
+class FeatureContrast(Contrast):
+    label: str | None
 
     @strawberry.field
     async def feature(self, info: Info) -> Feature | None:
@@ -657,25 +675,20 @@ class FeatureContrast:
 
 
 @strawberry.type(description="A subcircuit whose support differs between sides A and B.")
-class SubcircuitContrast:
-    key: strawberry.ID
+class SubcircuitContrast(Contrast):
     rank: int
-    k_a: int
-    n_a: int
-    k_b: int
-    n_b: int
-    p_a: float
-    p_b: float
-    diff: float
-    log_odds: float
-    se: float
-    z: float
-    influence_a: float | None
-    influence_b: float | None
 
     @strawberry.field
     async def subcircuit(self, info: Info) -> Subcircuit | None:
         return await _subcircuit(info, self.key)
+
+
+@strawberry.type(description="Graphs of each side in one stratum, or carrying one tag.")
+class SideCount:
+    name: str
+    n_a: int
+    n_b: int
+    one_sided: bool = strawberry.field(description="Only one side has graphs here.")
 
 
 @strawberry.type(description="A feature seen on one side only (features_unique.cypher).")
@@ -701,11 +714,55 @@ class SetComparison:
     result: strawberry.Private[Comparison]
     min_graphs: strawberry.Private[int]
 
-    @strawberry.field(description="Features ranked by |p_a - p_b|, then |z|.")
+    @strawberry.field(description="What the strata are: tags, dataset, none, or a tag prefix.")
+    def within(self) -> str:
+        return self.result.within
+
+    @strawberry.field(description="The false-discovery rate the rows are filtered at.")
+    def fdr(self) -> float:
+        return self.result.fdr
+
+    @strawberry.field(description="The test behind pValue and qValue.")
+    def test(self) -> str:
+        return TEST_NAME
+
+    @strawberry.field(description="Graphs per side in each stratum; one-sided strata are left out of tests.")
+    def strata(self) -> list[SideCount]:
+        return [_side_count(s) for s in self.result.strata]
+
+    @strawberry.field(description="No stratum holds both sides: nothing is testable within a task.")
+    def fully_confounded(self) -> bool:
+        return self.result.fully_confounded
+
+    @strawberry.field(
+        description="Tags (in >= 2 graphs) present on one side only: confounded with the split."
+    )
+    def confounded_tags(self) -> list[SideCount]:
+        return [_side_count(t) for t in self.result.confounded_tags]
+
+    @strawberry.field(description="Features tested (a test with variance in some two-sided stratum).")
+    def features_tested(self) -> int:
+        return self.result.features_tested
+
+    @strawberry.field(description="Tested features with q < fdr.")
+    def features_passing(self) -> int:
+        return self.result.features_passing
+
+    @strawberry.field
+    def subcircuits_tested(self) -> int:
+        return self.result.subcircuits_tested
+
+    @strawberry.field
+    def subcircuits_passing(self) -> int:
+        return self.result.subcircuits_passing
+
+    @strawberry.field(
+        description="Features with q < fdr (every row with allRows), ranked by |mhDiff|, then q."
+    )
     def features(self) -> list[FeatureContrast]:
         return [_from_row(FeatureContrast, r, key="feature") for r in self.result.features]
 
-    @strawberry.field(description="Subcircuits ranked by |p_a - p_b|, then |z|.")
+    @strawberry.field(description="Subcircuits with q < fdr (every row with allRows), ranked as features.")
     def subcircuits(self) -> list[SubcircuitContrast]:
         return [_from_row(SubcircuitContrast, r, key="subcircuit") for r in self.result.subcircuits]
 
@@ -725,6 +782,10 @@ class SetComparison:
             ),
         )
         return [_from_row(UniqueFeature, r, key="feature") for r in rows]
+
+
+def _side_count(count: StratumCount) -> SideCount:
+    return SideCount(name=count.name, n_a=count.n_a, n_b=count.n_b, one_sided=count.one_sided)
 
 
 @strawberry.input(description="Sides of a set comparison: split='correct', or both aTag and bTag.")
@@ -1024,18 +1085,34 @@ class Query:
             graphs.extend(r["id"] for r in rows)
         return GraphComparison(graph_ids=graphs)
 
-    @strawberry.field(description="Compare two prompt sets: split='correct' or aTag vs bTag.")
+    @strawberry.field(
+        description="Compare two prompt sets (split='correct' or aTag vs bTag), tested within strata "
+        "(within: tags, dataset, none or a tag prefix; default tags for split, none for tags); rows with "
+        "a Benjamini-Hochberg q below fdr (0.05), or every row with allRows."
+    )
     async def compare_sets(
-        self, info: Info, sides: SidesInput, limit: int = 25, min_graphs: int = 2
+        self,
+        info: Info,
+        sides: SidesInput,
+        limit: int = 25,
+        min_graphs: int = 2,
+        within: str | None = None,
+        fdr: float = 0.05,
+        all_rows: bool = False,
     ) -> SetComparison:
         ctx = _ctx(info)
         split, limit = _split(sides), page_size(limit, limits=ctx.limits, name="limit")
+        options = {
+            "within": within,
+            "fdr": fdr,
+            "all_rows": all_rows,
+            "limit": limit,
+            "min_graphs": min_graphs,
+        }
         try:
             result = await ctx.cached(
-                ("compare", split, limit, min_graphs),
-                lambda: compare(
-                    ctx.repo.driver, split, limit=limit, min_graphs=min_graphs, database=ctx.repo.database
-                ),
+                ("compare", split, *sorted(options.items())),
+                lambda: compare(ctx.repo.driver, split, database=ctx.repo.database, **options),
             )
         except AnalysisError as exc:
             raise ApiError(BAD_USER_INPUT, str(exc)) from None

@@ -3,7 +3,7 @@
 //   #/graph/<id>?minInfluence=&topK= the attribution graph, layered: tokens at the bottom, logits on top
 //   #/feature/<key>                  where a feature recurs, what drives it and what it drives
 //   #/subcircuits                    recurring subcircuits by rank (total influence), with the prompts they occur in
-//   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side
+//   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side (&fdr=, 0.05)
 // When a view has rendered, #view gets data-ready=<view name> (tests wait on it).
 "use strict";
 
@@ -435,8 +435,10 @@ const COMPARE_PROMPTS_QUERY = `query($ids: [ID!]!) { comparePrompts(promptIds: $
   features(limit: 100) { key graphs shared uniqueTo influence feature { label } }
   subcircuits(limit: 50) { key shared weight subcircuit { rank support } } } }`;
 
-const COMPARE_SETS_QUERY = `query($sides: SidesInput!) { compareSets(sides: $sides, limit: 50) {
-  a b nA nB features { key kA nA kB nB pA pB diff z feature { label } }
+const COMPARE_SETS_QUERY = `query($sides: SidesInput!, $fdr: Float!) { compareSets(sides: $sides, limit: 50, fdr: $fdr) {
+  a b nA nB within fdr featuresTested featuresPassing fullyConfounded
+  strata { name nA nB oneSided } confoundedTags { name nA nB }
+  features { key label kA nA kB nB pA pB diff mhDiff testZ qValue }
   uniqueFeatures(limit: 50) { key side graphsA graphsB meanInfluence } } }`;
 
 function compareForm(params, prompts) {
@@ -506,27 +508,39 @@ async function comparePrompts(a, b) {
   ];
 }
 
-async function compareSets(sides) {
-  const out = (await gql(COMPARE_SETS_QUERY, { sides })).compareSets;
+function strataNotes(out) {
+  const oneSided = out.strata.filter((s) => s.oneSided).map((s) => `${s.name} (A ${s.nA}, B ${s.nB})`);
+  const notes = [];
+  if (out.fullyConfounded) notes.push("No stratum holds both sides: nothing can be compared within a task.");
+  if (oneSided.length) notes.push(`Strata with one side only, left out of the test: ${oneSided.join(", ")}.`);
+  if (out.confoundedTags.length) notes.push(`Split confounded with tags (one side only): ${out.confoundedTags.map((t) => `${t.name} (A ${t.nA}, B ${t.nB})`).join(", ")}.`);
+  return notes.map((n) => el("p", { class: "muted", "data-testid": "compare-note" }, n));
+}
+
+async function compareSets(sides, fdr) {
+  const out = (await gql(COMPARE_SETS_QUERY, { sides, fdr })).compareSets;
   const rows = out.features.map((f) => {
     const cls = presenceClass([f.kA > 0, f.kB > 0]);
     return el(
       "tr",
       { class: cls, "data-testid": "compare-feature", "data-key": f.key, "data-shared": String(cls === "shared") },
-      el("td", {}, featureLink(f.key)),
-      el("td", {}, f.feature?.label ?? ""),
+      el("td", { style: "white-space: nowrap" }, featureLink(f.key)),
+      el("td", {}, f.label ?? ""),
       el("td", { class: "num" }, `${f.kA}/${f.nA}`),
       el("td", { class: "num" }, `${f.kB}/${f.nB}`),
       el("td", { class: `num ${f.diff >= 0 ? "pos" : "neg"}` }, fmt(f.diff, 2)),
-      el("td", { class: "num" }, fmt(f.z, 2)),
+      el("td", { class: `num ${f.mhDiff >= 0 ? "pos" : "neg"}` }, fmt(f.mhDiff, 2)),
+      el("td", { class: "num" }, fmt(f.testZ, 2)),
+      el("td", { class: "num" }, fmt(f.qValue, 2)),
     );
   });
   const unique = out.uniqueFeatures.map((u) =>
     el("li", { class: u.side === "a" ? "only-a" : "only-b", "data-testid": "unique-feature", "data-side": u.side }, featureLink(u.key), ` only in ${u.side.toUpperCase()} (${u.side === "a" ? u.graphsA : u.graphsB} graphs)`),
   );
   return [
-    el("p", { id: "compare-summary", "data-testid": "compare-summary" }, `A = ${out.a} (${out.nA} graphs) vs B = ${out.b} (${out.nB} graphs)`),
-    table("compare-features", ["feature", "label", "in A", "in B", "pA − pB", "z"], rows),
+    el("p", { id: "compare-summary", "data-testid": "compare-summary" }, `A = ${out.a} (${out.nA} graphs) vs B = ${out.b} (${out.nB} graphs), within ${out.within}: ${out.featuresTested} features tested, ${out.featuresPassing} with q < ${out.fdr}`),
+    ...strataNotes(out),
+    table("compare-features", ["feature", "label", "in A", "in B", "pA − pB", "MH diff", "z (CMH)", "q (BH)"], rows),
     el("h2", {}, "Seen on one side only"),
     unique.length ? el("ul", { id: "unique-features" }, unique) : el("p", { class: "muted" }, "none"),
   ];
@@ -535,9 +549,10 @@ async function compareSets(sides) {
 async function showCompare(params) {
   const prompts = await everyPrompt();
   let result = [el("p", { class: "muted" }, "Pick two prompts or two prompt sets.")];
+  const fdr = Number(params.get("fdr") ?? 0.05);
   if (params.get("a") && params.get("b")) result = await comparePrompts(params.get("a"), params.get("b"));
-  else if (params.get("split")) result = await compareSets({ split: params.get("split") });
-  else if (params.get("aTag") && params.get("bTag")) result = await compareSets({ aTag: params.get("aTag"), bTag: params.get("bTag") });
+  else if (params.get("split")) result = await compareSets({ split: params.get("split") }, fdr);
+  else if (params.get("aTag") && params.get("bTag")) result = await compareSets({ aTag: params.get("aTag"), bTag: params.get("bTag") }, fdr);
   return [el("h1", {}, "Compare"), compareForm(params, prompts), ...result];
 }
 

@@ -84,28 +84,60 @@ def analyze_command(
         console.print(table)
 
 
-def _print_comparison(result: Comparison) -> None:
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_strata(result: Comparison) -> None:
     a, b = result.split.names()
-    columns = ("k_a", "k_b", "p_a", "p_b", "diff", "log_odds", "z")
-    for title, rows, name in (
-        ("features", result.features, lambda r: r["feature"]),
-        (
-            "subcircuits",
-            result.subcircuits,
-            lambda r: (
-                f"#{r['rank']} "
-                + ", ".join(f"{s}->{t}" for s, t in zip(r["sources"], r["targets"], strict=True))
-            ),
-        ),
+    table = Table(title=f"strata (within {result.within}): A = {a}, B = {b}")
+    table.add_column("stratum", overflow="fold")
+    for column in ("A", "B"):
+        table.add_column(column, justify="right")
+    table.add_column("")
+    for s in result.strata:
+        table.add_row(s.name, str(s.n_a), str(s.n_b), "one side only: left out" if s.one_sided else "")
+    console.print(table)
+    if result.fully_confounded:
+        console.print("[bold red]no stratum holds both sides: nothing can be compared within a task[/]")
+    if result.confounded_tags:
+        tags = ", ".join(f"{t.name} (A {t.n_a}, B {t.n_b})" for t in result.confounded_tags)
+        console.print(f"[bold yellow]split confounded with tags[/] (one side only): {tags}", highlight=False)
+
+
+def _print_comparison(result: Comparison, *, all_rows: bool) -> None:
+    a, b = result.split.names()
+    measures = {"diff": ("diff", "+.2f"), "MH diff": ("mh_diff", "+.2f"), "z (CMH)": ("test_z", ".2f")}
+    measures["q (BH)"] = ("q_value", ".2g")
+    shown = "all rows" if all_rows else f"rows with q < {result.fdr:g}"
+    for title, rows, tested, passing in (
+        ("features", result.features, result.features_tested, result.features_passing),
+        ("subcircuits", result.subcircuits, result.subcircuits_tested, result.subcircuits_passing),
     ):
-        table = Table(title=f"{title}: A = {a} ({result.n_a} graphs) vs B = {b} ({result.n_b} graphs)")
-        table.add_column(title[:-1], overflow="fold")
-        for column in columns:
-            table.add_column(column, justify="right")
-        for row in rows:
-            table.add_row(
-                name(row), *(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns)
-            )
+        table = Table(
+            title=f"{title}: A = {a} ({result.n_a} graphs) vs B = {b} ({result.n_b} graphs)",
+            caption=f"{tested} tested, {passing} with q < {result.fdr:g}; showing {len(rows)} ({shown})",
+        )
+        if title == "features":
+            ids = [r["feature"] for r in rows]
+            table.add_column("feature", no_wrap=True, min_width=max(map(len, ids), default=7))
+            table.add_column("label", overflow="fold", ratio=1)
+            names = [(r["feature"], r["label"] or "") for r in rows]
+        else:
+            table.add_column("rank", justify="right", no_wrap=True)
+            table.add_column("edges (source -> target)", no_wrap=True)
+            names = [
+                (
+                    f"#{r['rank']}",
+                    "\n".join(f"{s} -> {t}" for s, t in zip(r["sources"], r["targets"], strict=True)),
+                )
+                for r in rows
+            ]
+        for column in ("A", "B", *measures):
+            table.add_column(column, justify="right", no_wrap=True)
+        for row, name in zip(rows, names, strict=True):
+            counts = (f"{row['k_a']}/{row['n_a']}", f"{row['k_b']}/{row['n_b']}")
+            table.add_row(*name, *counts, *(_cell(row[c], spec) for c, spec in measures.values()))
         console.print(table)
 
 
@@ -113,13 +145,21 @@ def compare_command(
     a_tag: str | None = typer.Option(None, help="Side A: prompts with this tag."),
     b_tag: str | None = typer.Option(None, help="Side B: prompts with this tag."),
     split: str | None = typer.Option(None, help="'correct': A = correct graphs, B = incorrect ones."),
+    within: str | None = typer.Option(
+        None,
+        help="Strata: tags (prompt tag sets; default for --split), dataset, none (default for tags), "
+        "or a tag prefix.",
+    ),
+    fdr: float = typer.Option(0.05, help="False-discovery rate: rows with a BH q-value below it are shown."),
+    all_rows: bool = typer.Option(False, help="Show every row, whatever its q-value."),
     limit: int = typer.Option(20, help="Rows per table."),
-    min_graphs: int = typer.Option(2, help="Features seen in fewer graphs (both sides) are left out."),
+    min_graphs: int = typer.Option(2, help="Features seen in fewer graphs (both sides) are not tested."),
     instance: str = typer.Option(
         "default", help="Local Neo4j instance used when CIRCUITBASE_NEO4J_URI is unset."
     ),
 ) -> None:
-    """Features and recurring subcircuits that differ most between two prompt sets, with effect sizes."""
+    """Features and recurring subcircuits whose presence differs between two prompt sets, tested within
+    tasks (Mantel-Haenszel) with Benjamini-Hochberg q-values."""
     from circuitbase.analysis.compare import Split, compare
     from circuitbase.settings import load_neo4j_settings, open_driver
 
@@ -127,5 +167,15 @@ def compare_command(
         chosen = Split(split=split, a_tag=a_tag, b_tag=b_tag)
         settings = load_neo4j_settings(instance=instance)
         with open_driver(settings) as driver:
-            result = compare(driver, chosen, limit=limit, min_graphs=min_graphs, database=settings.database)
-        _print_comparison(result)
+            result = compare(
+                driver,
+                chosen,
+                within=within,
+                fdr=fdr,
+                all_rows=all_rows,
+                limit=limit,
+                min_graphs=min_graphs,
+                database=settings.database,
+            )
+        _print_strata(result)
+        _print_comparison(result, all_rows=all_rows)
