@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import neo4j
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from circuitbase.analysis.communities import CommunityConfig, find_supernodes
 from circuitbase.analysis.gds import AnalysisError
 from circuitbase.analysis.hubs import HubConfig, find_hubs
 from circuitbase.analysis.similarity import SimilarityConfig, find_similar_graphs
 from circuitbase.analysis.subcircuits import SubcircuitConfig, mine_subcircuits
+from circuitbase.progress import Progress
 
 STEPS = ("communities", "subcircuits", "similarity", "hubs")
 
@@ -76,12 +76,11 @@ def run_analysis(
     if unknown:
         raise AnalysisError(f"unknown analysis steps {unknown}; choose from {', '.join(STEPS)}")
     results: list[StepResult] = []
-    columns = (SpinnerColumn(), TextColumn("[bold]analyze[/bold] {task.description}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not show_progress) as progress:
+    with Progress("analyze", total=len(steps), unit="steps", enabled=show_progress) as progress:
         for step in steps:
-            task = progress.add_task(step, total=1)
+            progress.update(info=f"running {step}")
             started = time.perf_counter()
             summary = run_step(driver, step, config=config, database=database)
             results.append(StepResult(step, time.perf_counter() - started, summary))
-            progress.update(task, completed=1, description=f"{step} done")
+            progress.advance(info=f"{step} done in {results[-1].seconds:.1f}s")
     return results

@@ -5,7 +5,18 @@ Each command group lives in `circuitbase.commands.<name>` and is registered here
 
 import typer
 
-from circuitbase.commands import analyze, attribute, db, demo, ingest, neo4j, serve, train, transcoders
+from circuitbase.commands import (
+    analyze,
+    attribute,
+    db,
+    demo,
+    ingest,
+    intervene,
+    neo4j,
+    serve,
+    train,
+    transcoders,
+)
 
 app = typer.Typer(
     help="Attribution graphs for many prompts, stored and analysed in Neo4j.",
@@ -18,6 +29,7 @@ app.command("demo")(demo.demo_command)
 app.add_typer(neo4j.app, name="neo4j")
 app.add_typer(db.app, name="db")
 app.command("attribute")(attribute.attribute_command)
+app.command("intervene")(intervene.intervene_command)
 app.add_typer(transcoders.app, name="transcoders")
 app.command("ingest")(ingest.ingest_command)
 app.command("analyze")(analyze.analyze_command)

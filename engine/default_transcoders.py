@@ -77,7 +77,7 @@ def ensure_default_transcoders(
     first when it is not cached (see the module docstring).
 
     config: training settings (default `DEFAULT_TRAINING`; its device is replaced by the model's).
-    progress: show the training progress bar. log: receives one-line status messages.
+    progress: show training and labelling progress on stderr. log: receives one-line status messages.
     """
     final = default_set_dir(loaded.name, config=config)
     if final.is_dir():
@@ -105,7 +105,7 @@ def ensure_default_transcoders(
     transcoders = TranscoderSet.load(partial, device=device)
     labels = label_features(
         loaded.model, loaded.tokenizer, transcoders, corpus=corpus, config=DEFAULT_LABELS,
-        model_name=loaded.name, log=log,
+        model_name=loaded.name, progress=progress, log=log,
     )  # fmt: skip
     labels.save(partial)
     os.replace(partial, final)

@@ -28,11 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from circuitbase.engine.adapters import adapter_for
+from circuitbase.engine.adapters import ModelAdapter, adapter_for
 from circuitbase.engine.corpus import iter_texts
 from circuitbase.engine.replacement import hooks_of
 from circuitbase.engine.training import capture
 from circuitbase.engine.transcoders import TranscoderSet
+from circuitbase.progress import Progress
 
 LABELS_FILE = "feature_labels.json"
 FORMAT = "circuitbase-feature-labels/1"
@@ -265,36 +266,58 @@ def _chunks(tokenizer: Any, corpus: str | Path, config: LabelConfig) -> Iterator
 
 
 def _scan(
-    model: nn.Module, tokenizer: Any, transcoders: TranscoderSet, corpus: str | Path, config: LabelConfig
+    model: nn.Module,
+    tokenizer: Any,
+    transcoders: TranscoderSet,
+    corpus: str | Path,
+    config: LabelConfig,
+    *,
+    progress: bool,
 ) -> tuple[_Heaps, int, int]:
-    """Pass 1: (heaps, tokens seen, documents read)."""
+    """Pass 1: (heaps, tokens seen, documents read); `progress` counts tokens of at most max_tokens."""
     adapter = adapter_for(model, hooks=hooks_of(transcoders))
     bos = getattr(tokenizer, "bos_token_id", None)
     device = transcoders.device
     heaps = _Heaps.empty(transcoders.n_layers, transcoders.d_transcoder, config.heap_size, device)
     tokens = documents = 0
-    for chunk in _chunks(tokenizer, corpus, config):
-        documents = chunk[-1][0] + 1
-        real = [(doc, ids) for doc, ids in chunk if len(ids) > (1 if ids[0] == bos else 0)]
-        if not real:
-            continue
-        # the token order of capture(): row-major over texts, a leading BOS left out
-        meta = torch.tensor(
-            [
-                (doc, p, t)
-                for doc, ids in real
-                for p, t in enumerate(ids)
-                if not (p == 0 and bos is not None and t == bos)
-            ],
-            device=device,
-        )
-        x = capture(model, adapter, [ids for _, ids in real], bos_id=bos)[:, :, 0].to(device)
-        for layer in range(transcoders.n_layers):
-            heaps.add(layer, transcoders.encode(layer, x[:, layer]), meta[:, 0], meta[:, 1], meta[:, 2])
-        tokens += x.shape[0]
+    bar = Progress("labelling: corpus", total=config.max_tokens, unit="tokens", enabled=progress)
+    with bar:
+        for chunk in _chunks(tokenizer, corpus, config):
+            documents = chunk[-1][0] + 1
+            real = [(doc, ids) for doc, ids in chunk if len(ids) > (1 if ids[0] == bos else 0)]
+            if real:
+                tokens += _scan_chunk(model, adapter, transcoders, heaps, real, bos=bos)
+            bar.advance(sum(len(ids) for _, ids in chunk))
     if tokens == 0:
         raise LabelError(f"corpus {corpus} has no token to label features on")
     return heaps, tokens, documents
+
+
+def _scan_chunk(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    transcoders: TranscoderSet,
+    heaps: _Heaps,
+    real: list[tuple[int, list[int]]],
+    *,
+    bos: int | None,
+) -> int:
+    """Add one chunk of (document, token ids) to the heaps; returns its tokens (a leading BOS left out)."""
+    device = transcoders.device
+    # the token order of capture(): row-major over texts, a leading BOS left out
+    meta = torch.tensor(
+        [
+            (doc, p, t)
+            for doc, ids in real
+            for p, t in enumerate(ids)
+            if not (p == 0 and bos is not None and t == bos)
+        ],
+        device=device,
+    )
+    x = capture(model, adapter, [ids for _, ids in real], bos_id=bos)[:, :, 0].to(device)
+    for layer in range(transcoders.n_layers):
+        heaps.add(layer, transcoders.encode(layer, x[:, layer]), meta[:, 0], meta[:, 1], meta[:, 2])
+    return x.shape[0]
 
 
 # ---- pass 2: context windows -----------------------------------------------------------------------
@@ -345,17 +368,20 @@ def label_features(
     corpus: str | Path,
     config: LabelConfig | None = None,
     model_name: str = "",
+    progress: bool = False,
     log: Callable[[str], None] = lambda _line: None,
 ) -> FeatureLabels:
     """Labels of every feature of `transcoders` from `corpus` (see the module docstring).
 
-    config: settings (default LabelConfig()). model_name: recorded in the result. log: status lines.
+    config: settings (default LabelConfig()). model_name: recorded in the result. progress: show the
+    corpus scan and the per-feature labelling on stderr (`circuitbase.progress`; default False).
+    log: status lines.
     Raises LabelError for a corpus without tokens; TranscoderError when the set does not fit the model.
     """
     cfg = config or LabelConfig()
     adapter = adapter_for(model, hooks=hooks_of(transcoders))
     transcoders.validate_for(n_layers=adapter.n_layers, d_model=adapter.d_model, model_name=model_name)
-    heaps, n_tokens, n_docs = _scan(model, tokenizer, transcoders, corpus, cfg)
+    heaps, n_tokens, n_docs = _scan(model, tokenizer, transcoders, corpus, cfg, progress=progress)
     log(f"feature labels: scanned {n_tokens:,} tokens of {n_docs:,} documents")
     act, doc, pos, tok = (t.cpu() for t in (heaps.act, heaps.doc, heaps.pos, heaps.token))
     density = (heaps.fired.double() / n_tokens).cpu()
@@ -372,43 +398,49 @@ def label_features(
 
     features: list[FeatureLabel] = []
     n = cfg.logit_tokens
-    for layer in range(transcoders.n_layers):
-        for first in range(0, transcoders.d_transcoder, cfg.lens_batch):
-            ids = torch.arange(first, min(first + cfg.lens_batch, transcoders.d_transcoder), device=device)
-            lens = logit_lens(transcoders, unembedding, layer, ids)
-            up_v, up_i = (t.cpu() for t in lens.topk(n, dim=-1))
-            down_v, down_i = (t.cpu() for t in lens.topk(n, dim=-1, largest=False))
-            for row, f in enumerate(ids.tolist()):
-                fired = act[layer, f] > 0
-                counts = Counter(tok[layer, f][fired].tolist())
-                fires_on = text_of(counts.most_common(1)[0][0]) if counts else None
-                promoted = [
-                    (text_of(i), v) for i, v in zip(up_i[row].tolist(), up_v[row].tolist(), strict=True)
-                ]
-                contexts = [
-                    _context(windows[d], p, a, d, cfg)
-                    for a, d, p in zip(
-                        act[layer, f, : cfg.top_contexts].tolist(),
-                        doc[layer, f, : cfg.top_contexts].tolist(),
-                        pos[layer, f, : cfg.top_contexts].tolist(),
-                        strict=True,
-                    )
-                    if a > 0
-                ]
-                features.append(
-                    FeatureLabel(
-                        layer=layer,
-                        index=f,
-                        density=float(density[layer, f]),
-                        label=rule_label(promoted, fires_on),
-                        contexts=contexts,
-                        promoted=promoted,
-                        suppressed=[
-                            (text_of(i), v)
-                            for i, v in zip(down_i[row].tolist(), down_v[row].tolist(), strict=True)
-                        ],
-                    )
+    n_features = transcoders.n_layers * transcoders.d_transcoder
+    with Progress("labelling: features", total=n_features, unit="features", enabled=progress) as bar:
+        for layer in range(transcoders.n_layers):
+            for first in range(0, transcoders.d_transcoder, cfg.lens_batch):
+                ids = torch.arange(
+                    first, min(first + cfg.lens_batch, transcoders.d_transcoder), device=device
                 )
+                lens = logit_lens(transcoders, unembedding, layer, ids)
+                up_v, up_i = (t.cpu() for t in lens.topk(n, dim=-1))
+                down_v, down_i = (t.cpu() for t in lens.topk(n, dim=-1, largest=False))
+                for row, f in enumerate(ids.tolist()):
+                    fired = act[layer, f] > 0
+                    counts = Counter(tok[layer, f][fired].tolist())
+                    fires_on = text_of(counts.most_common(1)[0][0]) if counts else None
+                    promoted = [
+                        (text_of(i), v) for i, v in zip(up_i[row].tolist(), up_v[row].tolist(), strict=True)
+                    ]
+                    contexts = [
+                        _context(windows[d], p, a, d, cfg)
+                        for a, d, p in zip(
+                            act[layer, f, : cfg.top_contexts].tolist(),
+                            doc[layer, f, : cfg.top_contexts].tolist(),
+                            pos[layer, f, : cfg.top_contexts].tolist(),
+                            strict=True,
+                        )
+                        if a > 0
+                    ]
+                    features.append(
+                        FeatureLabel(
+                            layer=layer,
+                            index=f,
+                            density=float(density[layer, f]),
+                            label=rule_label(promoted, fires_on),
+                            contexts=contexts,
+                            promoted=promoted,
+                            suppressed=[
+                                (text_of(i), v)
+                                for i, v in zip(down_i[row].tolist(), down_v[row].tolist(), strict=True)
+                            ],
+                        )
+                    )
+                bar.advance(len(ids))
+
     return FeatureLabels(
         transcoder_set=transcoders.name,
         model=model_name,

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from circuitbase.engine.attribution import AttributionConfig, PromptInput, attribute_many, memory_note
 from circuitbase.engine.graph import AttributionGraph
@@ -25,6 +24,7 @@ from circuitbase.engine.models import LoadedModel
 from circuitbase.engine.neuronpedia import write_neuronpedia
 from circuitbase.engine.prompts import Prompt, prompt_token_ids
 from circuitbase.engine.transcoders import TranscoderSet
+from circuitbase.progress import Progress
 
 _PROMPTS_PER_CALL = 16  # prompts handed to the engine at once, so short ones can share backward passes
 
@@ -104,20 +104,12 @@ def iter_attribute(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summary if summary is not None else RunSummary()
     start = time.perf_counter()
-    columns = (
-        TextColumn("[bold]attribute"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} graphs/s"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not show_progress, transient=False) as progress:
-        task = progress.add_task("attribute", total=len(prompts), rate="-")
+    with Progress("attribute", total=len(prompts), unit="graphs", enabled=show_progress) as progress:
         pending: list[tuple[Prompt, Path]] = []
 
         def done(prompt: Prompt, path: Path) -> tuple[Prompt, Path]:
             summary.seconds = time.perf_counter() - start
-            progress.update(task, advance=1, rate=f"{summary.graphs_per_second:.2f}")
+            progress.advance()
             return prompt, path
 
         def run_pending() -> Iterator[tuple[Prompt, Path]]:
@@ -125,7 +117,7 @@ def iter_attribute(
             for (prompt, path), graph in zip(pending, graphs, strict=True):
                 note = memory_note(graph)
                 if note is not None:
-                    progress.console.print(f"[yellow]{prompt.id}[/yellow]: {note}")
+                    progress.note(f"{prompt.id}: {note}")
                 graph.save(path)
                 if neuronpedia:
                     write_neuronpedia(graph, path.with_suffix(".json"), slug=prompt.id)
@@ -137,7 +129,8 @@ def iter_attribute(
             path = graph_path(out_dir, prompt)
             if path.exists():
                 summary.skipped += 1
-                yield done(prompt, path)
+                progress.skip()
+                yield prompt, path
                 continue
             pending.append((prompt, path))
             if len(pending) == _PROMPTS_PER_CALL:

@@ -39,6 +39,7 @@ from circuitbase.engine.models import resolve_device
 from circuitbase.engine.replacement import hooked
 from circuitbase.engine.transcoder_io import TranscoderConfig, TranscoderWeights
 from circuitbase.engine.transcoders import TranscoderSet
+from circuitbase.progress import Progress
 
 KINDS = {"plt": "per_layer", "clt": "cross_layer"}
 
@@ -711,19 +712,6 @@ def _save_checkpoint(out_dir: Path, state: dict[str, Any], keep: int) -> Path:
     return path
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]training transcoders"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>8.0f} tok/s  fvu {task.fields[fvu]:.3f}  l0 {task.fields[l0]:.1f}"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 def train_transcoders(
     model: nn.Module,
     tokenizer: Any,
@@ -741,7 +729,8 @@ def train_transcoders(
 
     Args:
         config: settings (default TrainConfig()). resume: continue from the latest checkpoint in
-        `checkpoint_dir(out_dir)` (default False: start afresh). progress: show a rich progress bar.
+        `checkpoint_dir(out_dir)` (default False: start afresh). progress: show progress on stderr
+        (`circuitbase.progress`: a bar on a terminal, a line every 10 s in a log).
         model_name: recorded in the transcoder config. log: receives one-line status messages.
     Raises:
         TrainingError: bad settings, a corpus without text, a checkpoint of other settings, or a
@@ -788,8 +777,8 @@ def train_transcoders(
         raise TrainingError(f"{checkpoint_dir(out)} already has checkpoints; pass resume or use a new folder")
     pending: torch.Tensor | None = first if step == 0 else None
     parts: dict[str, float] = {"fvu": float("nan"), "l0": 0.0}
-    with _progress(progress) as bar:
-        task = bar.add_task("train", total=cfg.steps, completed=step, rate=0.0, fvu=float("nan"), l0=0.0)
+    bar = Progress("training transcoders", total=cfg.steps, unit="steps", completed=step, enabled=progress)
+    with bar:
         started = time.perf_counter() - elapsed
         while step < cfg.steps:
             batch = (pending if pending is not None else next(batches)).to(device)
@@ -810,7 +799,10 @@ def train_transcoders(
             if step % max(1, cfg.steps // 50) == 0 or step == 1:
                 history.append([step, parts["fvu"]])
             elapsed = time.perf_counter() - started
-            bar.update(task, completed=step, rate=step * cfg.batch_tokens / elapsed, **parts)
+            tok_s = step * cfg.batch_tokens / elapsed
+            bar.update(
+                completed=step, info=f"{tok_s:,.0f} tok/s, fvu {parts['fvu']:.3f}, l0 {parts['l0']:.1f}"
+            )
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
                 state = {
                     "config": asdict(cfg),

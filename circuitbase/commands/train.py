@@ -108,6 +108,7 @@ def _label(loaded: Any, transcoders: Any, out: Path, corpus: Path, max_tokens: i
         corpus=corpus,
         config=LabelConfig(max_tokens=max_tokens),
         model_name=loaded.name,
+        progress=True,
         log=console.print,
     )
     path = labels.save(out)
