@@ -6,14 +6,19 @@ circuit-tracer's default pruning (node 0.8, edge 0.98) leaves for Gemma-2-2B-siz
 come from a 16,384-feature-per-layer dictionary with Zipf-like popularity, so graphs share features
 the way real prompts do and the aggregated ATTRIBUTES graph sees both MERGE hits and creations.
 
-Online: the real path (AttributionGraph -> rows_from_graph -> write_graph, one transaction per graph),
-timed from ready rows. Bulk: the same graphs saved as files, then `ingest.bulk.bulk_import_files`
-(read files -> CSV -> stop, neo4j-admin import, start -> schema + job), timed end to end; the
-importer alone is shown too. The bench runs its own local Neo4j instance "bench" (wiped first,
-stopped at the end); with CIRCUITBASE_NEO4J_URI and `--wipe` it times the online path there only.
+Online: the real path (AttributionGraph -> rows_from_graph -> write_graph, one transaction per graph,
+`--writers` of them at once), timed from ready rows (built 100 graphs at a time, off the clock). Each
+graph's write time is kept, and the median of the first and of the last tenth of the run (at least 5
+graphs each) is printed with their ratio: a write that grows with what is already loaded shows as a
+ratio above 1 (the guard: at 1,000 graphs it must stay under 1.5). Bulk: the same graphs saved as
+files, then `ingest.bulk.bulk_import_files` (read files -> CSV -> stop, neo4j-admin import, start ->
+schema + job), timed end to end; the importer alone is shown too. The bench runs its own local Neo4j
+instance "bench" (wiped first, stopped at the end); with CIRCUITBASE_NEO4J_URI and `--wipe` it times
+the online path there only. Each size given to `--graphs` is a separate run on an empty database.
 
-    python bench/ingest.py                 # 25 graphs, ~3 minutes on 2 CPU cores
-    python bench/ingest.py --graphs 200 --edges 50000
+    python bench/ingest.py                         # 25 graphs, ~2 minutes on 2 CPU cores
+    python bench/ingest.py --graphs 25 1000        # the regression guard: ~45 minutes on 2 CPU cores
+    python bench/ingest.py --graphs 200 --edges 50000 --writers 1
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -32,10 +38,11 @@ from circuitbase.dbserver.config import InstanceConfig, Layout
 from circuitbase.dbserver.server import start, stop
 from circuitbase.engine.graph import AttributionGraph
 from circuitbase.ingest.bulk import bulk_import_files
+from circuitbase.ingest.concurrent import run_concurrently
 from circuitbase.ingest.jobs import JobRecord
-from circuitbase.ingest.model import rows_from_graph
+from circuitbase.ingest.model import GraphRows, rows_from_graph
 from circuitbase.ingest.schema import apply_schema, wipe_database
-from circuitbase.ingest.writer import write_graph
+from circuitbase.ingest.writer import WriteResult, write_graph
 from circuitbase.settings import (
     URI_ENV,
     Neo4jSettings,
@@ -44,6 +51,7 @@ from circuitbase.settings import (
     open_driver,
 )
 
+ROWS_CHUNK = 100  # graphs whose rows are built at once, off the clock (bounds memory at 1,000 graphs)
 BENCH_INSTANCE = InstanceConfig(name="bench", bolt_port=7699, http_port=7486, heap="1g", pagecache="512m")
 
 
@@ -122,25 +130,45 @@ def fresh_instance(layout: Layout) -> Path:
     return root
 
 
-def online(settings: Neo4jSettings, warmup: AttributionGraph, graphs: list[AttributionGraph]) -> dict:
-    """One transaction per graph through write_graph; rows are built before the clock starts."""
+def online(
+    settings: Neo4jSettings, warmup: AttributionGraph, graphs: list[AttributionGraph], *, writers: int
+) -> dict:
+    """Write every graph through write_graph, `writers` at once; rows are built before the clock runs."""
+    seconds, times, relationships, edges = 0.0, [], 0, 0
     with open_driver(settings) as driver:
         wipe_database(driver, database=settings.database)
         apply_schema(driver, database=settings.database)
         job = JobRecord(driver, database=settings.database).start({"mode": "bench"})
         write_graph(driver, rows_from_graph(warmup), database=settings.database)  # JIT, query plans
-        rows = [rows_from_graph(g) for g in graphs]
-        t0 = time.perf_counter()
-        results = [write_graph(driver, r, job=job.id, database=settings.database) for r in rows]
-        seconds = time.perf_counter() - t0
+
+        def timed(rows: GraphRows) -> tuple[float, float, WriteResult]:
+            t0 = time.perf_counter()
+            result = write_graph(driver, rows, job=job.id, database=settings.database)
+            return t0, time.perf_counter() - t0, result
+
+        for start in range(0, len(graphs), ROWS_CHUNK):
+            rows = [rows_from_graph(g) for g in graphs[start : start + ROWS_CHUNK]]
+            t0 = time.perf_counter()
+            results = run_concurrently(timed, rows, workers=writers)
+            seconds += time.perf_counter() - t0
+            times += [t for _, t, _ in sorted(results, key=lambda r: r[0])]
+            relationships += sum(r.relationships_created for _, _, r in results)
+            edges += sum(r.n_edges for r in rows)
         job.finish("finished")
         records, _, _ = driver.execute_query("MATCH ()-[e:ATTRIBUTES]->() RETURN count(e) AS n")
     return {
         "seconds": seconds,
-        "relationships": sum(r.relationships_created for r in results),
-        "edges": sum(r.n_edges for r in rows),
+        "times": times,
+        "relationships": relationships,
+        "edges": edges,
         "aggregated": records[0]["n"],
     }
+
+
+def first_last(times: list[float]) -> tuple[float, float]:
+    """Median write time of the first and of the last tenth of the graphs (at least 5, at most half)."""
+    window = max(1, min(len(times) // 2, max(5, len(times) // 10)))
+    return statistics.median(times[:window]), statistics.median(times[-window:])
 
 
 def bulk(layout: Layout, graphs: list[AttributionGraph], directory: Path) -> dict:
@@ -157,11 +185,64 @@ def bulk(layout: Layout, graphs: list[AttributionGraph], directory: Path) -> dic
     }
 
 
+def run_size(args: argparse.Namespace, n_graphs: int) -> dict:
+    """Online then bulk runs of `n_graphs` graphs (after one warm-up graph) on an empty database."""
+    rng = np.random.default_rng(0)
+    shape = {k: getattr(args, k) for k in ("layers", "positions", "features", "errors", "edges")}
+    warmup, *graphs = [synthetic_graph(rng, i, **shape) for i in range(n_graphs + 1)]
+    sizes: dict[str, float] = {}
+    if os.environ.get(URI_ENV):  # a remote server: online only, no store sizes
+        runs = {"online": online(load_neo4j_settings(), warmup, graphs, writers=args.writers)}
+    else:
+        layout = Layout.resolve()
+        root = fresh_instance(layout)
+        settings = local_instance_settings(name=BENCH_INSTANCE.name, cache_dir=layout.root)
+        try:
+            before = store_bytes(root)
+            runs = {"online": online(settings, warmup, graphs, writers=args.writers)}
+            stop(BENCH_INSTANCE.name, layout=layout)  # checkpoints: store files now hold all
+            sizes["online"] = (store_bytes(root) - before) / (n_graphs + 1)
+            with tempfile.TemporaryDirectory() as directory:
+                runs["bulk"] = bulk(layout, graphs, Path(directory))
+            stop(BENCH_INSTANCE.name, layout=layout)
+            sizes["bulk"] = store_bytes(root) / n_graphs
+        finally:
+            stop(BENCH_INSTANCE.name, layout=layout)
+
+    first = runs["online"]
+    print(
+        f"shape: {shape}; {n_graphs} graphs, {args.writers} writer(s), {first['edges']:,} EDGE, "
+        f"{first['aggregated']:,} ATTRIBUTES after load; load average {os.getloadavg()[0]:.2f}"
+    )
+    header = (("graphs/s", 10), ("rels/s", 12), ("seconds", 9), ("MB/graph", 10), ("import-only rels/s", 20))
+    print(f"{'path':<8}" + "".join(f"{name:>{width}}" for name, width in header))
+    for name, run in runs.items():
+        importer = f"{run['relationships'] / run['import']:,.0f}" if "import" in run else "-"
+        print(
+            f"{name:<8}{n_graphs / run['seconds']:>10.2f}{run['relationships'] / run['seconds']:>12,.0f}"
+            f"{run['seconds']:>9.1f}{sizes.get(name, float('nan')) / 1e6:>10.2f}{importer:>20}"
+        )
+    if "bulk" in runs:
+        b = runs["bulk"]
+        print(
+            f"bulk phases: CSV {b['csv']:.1f}s, stop + import + start {b['import']:.1f}s, "
+            f"schema + job {b['seconds'] - b['csv'] - b['import']:.1f}s\n"
+        )
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--graphs", type=int, default=25, help="graphs timed, after one warm-up (default 25)")
+    parser.add_argument(
+        "--graphs",
+        type=int,
+        nargs="+",
+        default=[25],
+        help="graphs timed per run, after one warm-up (default 25)",
+    )
+    parser.add_argument("--writers", type=int, default=1, help="concurrent online writers (default 1)")
     parser.add_argument("--features", type=int, default=900, help="feature nodes per graph (default 900)")
     parser.add_argument("--errors", type=int, default=80, help="kept error nodes per graph (default 80)")
     parser.add_argument("--edges", type=int, default=20_000, help="pruned edges per graph (default 20,000)")
@@ -169,53 +250,32 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=12)
     parser.add_argument("--wipe", action="store_true", help=f"allow wiping the server in {URI_ENV}")
     args = parser.parse_args()
+    if os.environ.get(URI_ENV) and not args.wipe:
+        raise SystemExit(f"the bench wipes its database: pass --wipe to use the server in {URI_ENV}")
 
-    rng = np.random.default_rng(0)
-    shape = {k: getattr(args, k) for k in ("layers", "positions", "features", "errors", "edges")}
-    warmup, *graphs = [synthetic_graph(rng, i, **shape) for i in range(args.graphs + 1)]
-    sizes: dict[str, float] = {}
-    if os.environ.get(URI_ENV):  # a remote server: online only, no store sizes
-        if not args.wipe:
-            raise SystemExit(f"the bench wipes its database: pass --wipe to use the server in {URI_ENV}")
-        runs = {"online": online(load_neo4j_settings(), warmup, graphs)}
-    else:
-        layout = Layout.resolve()
-        root = fresh_instance(layout)
-        settings = local_instance_settings(name=BENCH_INSTANCE.name, cache_dir=layout.root)
-        try:
-            before = store_bytes(root)
-            runs = {"online": online(settings, warmup, graphs)}
-            stop(BENCH_INSTANCE.name, layout=layout)  # checkpoints: store files now hold all
-            sizes["online"] = (store_bytes(root) - before) / (args.graphs + 1)
-            with tempfile.TemporaryDirectory() as directory:
-                runs["bulk"] = bulk(layout, graphs, Path(directory))
-            stop(BENCH_INSTANCE.name, layout=layout)
-            sizes["bulk"] = store_bytes(root) / args.graphs
-        finally:
-            stop(BENCH_INSTANCE.name, layout=layout)
-
-    first = runs["online"]
-    print(
-        f"shape: {shape}; {args.graphs} graphs, {first['edges']:,} EDGE, "
-        f"{first['aggregated']:,} ATTRIBUTES after load"
+    table = [(n, run_size(args, n)) for n in args.graphs]
+    columns = (
+        ("graphs", 7),
+        ("online graphs/s", 16),
+        ("online rels/s", 14),
+        ("bulk rels/s", 12),
+        ("online/bulk", 12),
+        ("first s/graph", 14),
+        ("last s/graph", 13),
+        ("last/first", 11),
     )
-    header = (("graphs/s", 10), ("rels/s", 12), ("seconds", 9), ("MB/graph", 10), ("import-only rels/s", 20))
-    print(f"{'path':<8}" + "".join(f"{name:>{width}}" for name, width in header))
-    rates = {}
-    for name, run in runs.items():
-        rates[name] = run["relationships"] / run["seconds"]
-        importer = f"{run['relationships'] / run['import']:,.0f}" if "import" in run else "-"
-        print(
-            f"{name:<8}{args.graphs / run['seconds']:>10.2f}{rates[name]:>12,.0f}{run['seconds']:>9.1f}"
-            f"{sizes.get(name, float('nan')) / 1e6:>10.2f}{importer:>20}"
+    print("".join(f"{name:>{width}}" for name, width in columns))
+    for n, runs in table:
+        o = runs["online"]
+        rate = o["relationships"] / o["seconds"]
+        bulk_rate = (
+            runs["bulk"]["relationships"] / runs["bulk"]["seconds"] if "bulk" in runs else float("nan")
         )
-    if "bulk" in runs:
-        b = runs["bulk"]
+        start, end = first_last(o["times"])
         print(
-            f"bulk phases: CSV {b['csv']:.1f}s, stop + import + start {b['import']:.1f}s, "
-            f"schema + job {b['seconds'] - b['csv'] - b['import']:.1f}s"
+            f"{n:>7}{n / o['seconds']:>16.2f}{rate:>14,.0f}{bulk_rate:>12,.0f}{rate / bulk_rate:>12.2f}"
+            f"{start:>14.2f}{end:>13.2f}{end / start:>11.2f}"
         )
-        print(f"online / bulk relationships/s: {rates['online'] / rates['bulk']:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 1. Find the graph files of a directory: `.safetensors` (circuitbase) and graph `.json` (Neuronpedia /
    circuit-tracer); a `.json` whose `.safetensors` twin is there is the same graph and is left out.
 2. For each file: read it into rows, check it against the job's model and transcoder set, write it in
-   one transaction (`writer.write_graph`; complete graphs are skipped there).
+   one transaction (`writer.write_graph`; complete graphs are skipped there). With `writers` > 1 that
+   many files are read and written at once, each in its own transaction (`concurrent.run_concurrently`);
+   a deadlock between two writers of shared Feature/ATTRIBUTES rows is retried by the driver.
 3. A bad file (unreadable, wrong set, non-finite numbers) stops the job with an IngestError naming it,
    or, with `skip_bad`, is recorded on the job and listed in the summary while the job goes on.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import neo4j
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from circuitbase.engine.graph import AttributionGraph
+from circuitbase.ingest.concurrent import run_concurrently
 from circuitbase.ingest.jobs import JobRecord
 from circuitbase.ingest.labels import write_feature_labels
 from circuitbase.ingest.model import GraphRows, IngestError, rows_from_graph
 from circuitbase.ingest.neuronpedia_import import rows_from_neuronpedia
 from circuitbase.ingest.writer import WriterConfig, write_graph
+from circuitbase.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class IngestConfig:
     skip_bad: go on past bad items and list them (default False: the first bad item stops the job).
     database: Neo4j database name (default "neo4j"). writer: batching inside a graph's transaction.
     labels: a feature labels file or transcoder folder whose labels are written onto the Feature nodes
-    after the graphs (default None: none).
+    after the graphs (default None: none). writers: graphs written at once, each in its own
+    transaction (default 1: one after another).
     """
 
     model: str | None = None
@@ -44,6 +49,7 @@ class IngestConfig:
     database: str = "neo4j"
     writer: WriterConfig = field(default_factory=WriterConfig)
     labels: Path | None = None
+    writers: int = 1
 
 
 @dataclass
@@ -105,17 +111,10 @@ def check_rows(rows: GraphRows, config: IngestConfig, *, where: str) -> None:
         raise IngestError(f"{where}: graph is of model {rows.model!r}, the job loads {config.model!r}")
 
 
-def progress_bar(*, show: bool) -> Progress:
-    """The ingest progress bar: graphs done of total, graphs/s, rows (nodes + relationships)/s."""
-    return Progress(
-        TextColumn("[bold]ingest"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[graphs_rate]} graphs/s"),
-        TextColumn("{task.fields[rows_rate]} rows/s"),
-        TimeElapsedColumn(),
-        disable=not show,
-    )
+def progress_bar(*, show: bool, total: int | None) -> Progress:
+    """The ingest progress (`circuitbase.progress`): graphs done of `total`, graphs/s, time left; the
+    loader adds rows (nodes + relationships)/s."""
+    return Progress("ingest", total=total, unit="graphs", enabled=show)
 
 
 class GraphLoader:
@@ -128,15 +127,16 @@ class GraphLoader:
         *,
         config: IngestConfig,
         progress: Progress | None = None,
-        total: int | None = None,
     ) -> None:
         self.driver, self.job, self.config = driver, job, config
         self.summary = IngestSummary(job_id=job.id)
         self.progress = progress
-        self.task = (
-            progress.add_task("ingest", total=total, graphs_rate="-", rows_rate="-") if progress else None
-        )
         self.started = time.perf_counter()
+        self._lock = threading.Lock()  # the summary and progress, shared by concurrent writers
+
+    def load_all(self, paths: Iterable[Path]) -> None:
+        """Load every file, `config.writers` at a time; the first error stops the job (see `bad`)."""
+        run_concurrently(self.load, paths, workers=self.config.writers)
 
     def load(self, path: Path) -> None:
         """Read, check and write one file; a bad file is handled by `bad`."""
@@ -149,19 +149,23 @@ class GraphLoader:
         result = write_graph(
             self.driver, rows, job=self.job.id, database=self.config.database, config=self.config.writer
         )
-        if result.loaded:
-            self.summary.loaded += 1
-            self.summary.nodes += result.nodes_created
-            self.summary.relationships += result.relationships_created
-        else:
-            self.summary.skipped += 1
-        self.advance()
+        with self._lock:
+            if result.loaded:
+                self.summary.loaded += 1
+                self.summary.nodes += result.nodes_created
+                self.summary.relationships += result.relationships_created
+            else:
+                self.summary.skipped += 1
+            self.advance()
 
     def skipped(self, n: int) -> None:
         """Count `n` items found complete before any work (recorded on the job)."""
         self.job.count_skipped(n)
-        self.summary.skipped += n
-        self.advance(n)
+        with self._lock:
+            self.summary.skipped += n
+            self.summary.seconds = time.perf_counter() - self.started
+            if self.progress is not None:
+                self.progress.skip(n)
 
     def bad(self, message: str, exc: BaseException | None = None) -> None:
         """Record a bad item; raise it (as IngestError, or `exc` itself) unless the job skips bad items."""
@@ -170,18 +174,14 @@ class GraphLoader:
             if exc is not None and not isinstance(exc, ValueError):
                 raise exc
             raise IngestError(message)
-        self.summary.bad.append(message)
-        self.advance()
+        with self._lock:
+            self.summary.bad.append(message)
+            self.advance()
 
     def advance(self, n: int = 1) -> None:
         self.summary.seconds = time.perf_counter() - self.started
-        if self.progress is not None and self.task is not None:
-            self.progress.update(
-                self.task,
-                advance=n,
-                graphs_rate=f"{self.summary.graphs_per_second:.2f}",
-                rows_rate=f"{self.summary.rows_per_second:,.0f}",
-            )
+        if self.progress is not None:
+            self.progress.advance(n, info=f"{self.summary.rows_per_second:,.0f} rows/s")
 
     def finish(self) -> IngestSummary:
         self.summary.seconds = time.perf_counter() - self.started
@@ -201,8 +201,8 @@ def run_job(
 ) -> IngestSummary:
     """Start a job record, run `body(loader)`, finish the record (`failed` / `interrupted` on errors)."""
     job = JobRecord(driver, database=config.database).start(parameters)
-    with progress_bar(show=show_progress) as progress:
-        loader = GraphLoader(driver, job, config=config, progress=progress, total=total)
+    with progress_bar(show=show_progress, total=total) as progress:
+        loader = GraphLoader(driver, job, config=config, progress=progress)
         try:
             body(loader)
             if config.labels is not None:
@@ -231,8 +231,7 @@ def ingest_files(
     paths = list(paths)
 
     def body(loader: GraphLoader) -> None:
-        for path in paths:
-            loader.load(path)
+        loader.load_all(paths)
 
     params = {"mode": "files", "files": len(paths), **(parameters or {})}
     return run_job(driver, params, config=config, show_progress=show_progress, total=len(paths), body=body)

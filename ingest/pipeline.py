@@ -4,15 +4,17 @@
 2. A producer thread attributes the remaining prompts one by one (`runner.iter_attribute`, which also
    skips prompts whose graph file exists) and puts each written graph file on a bounded queue; a
    prompt that fails is put on the queue as an error.
-3. The calling thread takes files off the queue and loads them (`loader.GraphLoader`), so attribution
-   of graph i+1 overlaps the database write of graph i. On a fatal error it tells the producer to stop.
+3. The calling thread takes files off the queue and loads them (`loader.GraphLoader`, `config.writers`
+   at a time), so attribution of graph i+1 overlaps the database write of graph i. On a fatal error it
+   tells the producer to stop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,13 +95,8 @@ def ingest_prompts(
     """
     attribution = attribution or AttributionConfig()
     base = config or IngestConfig()
-    config = IngestConfig(
-        model=base.model or loaded.name,
-        transcoder_set=base.transcoder_set or transcoders.name,
-        skip_bad=base.skip_bad,
-        database=base.database,
-        writer=base.writer,
-        labels=base.labels,
+    config = dataclasses.replace(
+        base, model=base.model or loaded.name, transcoder_set=base.transcoder_set or transcoders.name
     )
     out_dir = Path(out_dir)
     done = complete_graph_ids(driver, database=config.database)
@@ -126,12 +123,16 @@ def ingest_prompts(
             daemon=True,
         )
         producer.start()
-        try:
+
+        def written() -> Iterator[Path]:
             while (item := items.get()) is not _DONE:
                 if item.path is not None:
-                    loader.load(item.path)
+                    yield item.path
                 elif item.error is not None:
                     loader.bad(f"{item.where}: {item.error}", item.error)
+
+        try:
+            loader.load_all(written())
         finally:
             stop.set()
             producer.join()

@@ -5,11 +5,14 @@
 2. Otherwise clear anything of that graph left from an earlier non-atomic attempt, then write the
    shared nodes (Model, TranscoderSet, Prompt, Feature, Token: MERGE on keys), the graph's own nodes
    and `EDGE`s (CREATE: none can exist), and add the graph's contribution to the aggregated
-   `ATTRIBUTES` edges: update the pairs found by a seek in the unique index on `pair` (a hash of
-   both keys; never an expansion of a popular Feature's thousands of edges), then create the rest.
-   The seek locks the index entry of a missing pair until commit, so a concurrent writer of the
-   same pair waits and then updates it, or deadlocks and is retried: never a duplicate. A hash
-   collision (endpoints differ) is not matched; the create then fails on the constraint, loudly.
+   `ATTRIBUTES` edges, one statement per pair of endpoint labels: seek both endpoints by key, seek the
+   edge in the unique index on `pair` (a hash of both keys; never an expansion of a popular Feature's
+   thousands of edges), update it if it joins those endpoints, else create it. The seek locks the
+   index entry of a missing pair until commit, so a concurrent writer of the same pair waits and then
+   updates it, or deadlocks and is retried: never a duplicate. A hash collision (endpoints differ) is
+   not matched; the create then fails on the constraint, loudly. Every statement is a seek or a
+   create per row, so a graph's write costs the same however many graphs are already loaded
+   (tests/test_ingest_plans.py checks the plans).
 3. Mark the graph `complete` and `aggregated` and bump the job's counter, then commit. A crash before
    the commit leaves no trace, so a re-run redoes exactly the graphs that are not complete, and the
    aggregate never counts a graph twice. Readers never see a half-written graph.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import neo4j
 
@@ -80,19 +84,14 @@ UNWIND range(0, size($src) - 1) AS i
 WITH ns[$src[i]] AS a, ns[$tgt[i]] AS b, $w[i] AS w
 CREATE (a)-[:EDGE {weight: w}]->(b)
 """
-_AGGREGATE_FOUND = """
-UNWIND range(0, size($rows) - 1) AS i
-WITH i, $rows[i] AS r
-OPTIONAL MATCH (x)-[e:ATTRIBUTES {pair: r[6]}]->(y) WHERE x.key = r[0] AND y.key = r[1]
-SET e.graphs = e.graphs + 1, e.edges = e.edges + r[2], e.sum = e.sum + r[3], e.sum_abs = e.sum_abs + r[4],
-    e.max_abs = CASE WHEN r[5] > e.max_abs THEN r[5] ELSE e.max_abs END
-WITH i, e WHERE e IS NULL
-RETURN collect(i) AS missing
-"""
-_AGGREGATE_NEW = """
+_AGGREGATE = """
 UNWIND $rows AS r
 MATCH (a:{source} {{key: r[0]}})
 MATCH (b:{target} {{key: r[1]}})
+OPTIONAL MATCH (a)-[e:ATTRIBUTES {{pair: r[6]}}]->(b) USING INDEX SEEK e:ATTRIBUTES(pair)
+SET e.graphs = e.graphs + 1, e.edges = e.edges + r[2], e.sum = e.sum + r[3], e.sum_abs = e.sum_abs + r[4],
+    e.max_abs = CASE WHEN r[5] > e.max_abs THEN r[5] ELSE e.max_abs END
+WITH a, b, r WHERE e IS NULL
 CREATE (a)-[:ATTRIBUTES {{pair: r[6], graphs: 1, edges: r[2], sum: 0.0 + r[3], sum_abs: 0.0 + r[4],
     max_abs: CASE WHEN r[5] > 0.0 THEN r[5] ELSE 0.0 END}}]->(b)
 """
@@ -134,52 +133,78 @@ class WriteResult:
         return self.nodes_created + self.relationships_created
 
 
-class _Counter:
-    def __init__(self, tx: neo4j.ManagedTransaction) -> None:
-        self.tx, self.nodes, self.relationships = tx, 0, 0
+@dataclass(frozen=True)
+class Statement:
+    """One parameterised Cypher statement of a graph's write; `name` says which step it is."""
 
-    def run(self, query: str, **params: object) -> None:
-        counters = self.tx.run(query, **params).consume().counters
-        self.nodes += counters.nodes_created
-        self.relationships += counters.relationships_created
+    name: str
+    text: str
+    params: dict[str, Any]
 
 
-def _write_tx(tx: neo4j.ManagedTransaction, rows: GraphRows, job: str, config: WriterConfig) -> WriteResult:
-    claim = tx.run(_CLAIM, id=rows.id)
-    record = claim.single()
-    if record is not None and record["complete"]:
-        tx.run(_SKIPPED, job=job).consume()
-        return WriteResult(rows.id, loaded=False)
-    out = _Counter(tx)
-    out.nodes += claim.consume().counters.nodes_created  # the Graph node, when this claim made it
-    out.run(_CLEAR, id=rows.id)
-    out.run(_HEAD, graph=rows.graph, model=rows.model, set=rows.transcoder_set, prompt=rows.prompt)
-    out.run(_FEATURES, rows=rows.features, set=rows.transcoder_set)
-    out.run(_TOKENS, rows=rows.tokens, model=rows.model)
+def _by_key(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in key order: concurrent writers then lock shared nodes in one order (fewer deadlocks)."""
+    return sorted(rows, key=lambda row: row["key"])
+
+
+def claim_statement(rows: GraphRows) -> Statement:
+    """The statement that claims the graph (returns `complete`: True when it is already loaded)."""
+    return Statement("claim", _CLAIM, {"id": rows.id})
+
+
+def write_statements(
+    rows: GraphRows, *, job: str = "", config: WriterConfig | None = None
+) -> list[Statement]:
+    """The statements that write a claimed graph, in order (`job`: the IngestJob to count it under)."""
+    config = config or WriterConfig()
+    out = [
+        Statement("clear", _CLEAR, {"id": rows.id}),
+        Statement(
+            "head",
+            _HEAD,
+            {"graph": rows.graph, "model": rows.model, "set": rows.transcoder_set, "prompt": rows.prompt},
+        ),
+        Statement("features", _FEATURES, {"rows": _by_key(rows.features), "set": rows.transcoder_set}),
+        Statement("tokens", _TOKENS, {"rows": _by_key(rows.tokens), "model": rows.model}),
+    ]
     for kind in NODE_KINDS:
         if rows.nodes.get(kind):
-            out.run(_NODES.format(kind=kind, ref=_REF_OF_KIND[kind]), rows=rows.nodes[kind], graph=rows.id)
+            text = _NODES.format(kind=kind, ref=_REF_OF_KIND[kind])
+            out.append(Statement(f"nodes {kind}", text, {"rows": rows.nodes[kind], "graph": rows.id}))
     step = max(1, config.edge_batch)
     for start in range(0, rows.n_edges, step):
         stop = start + step
-        out.run(
-            _EDGES,
-            graph=rows.id,
-            src=rows.edge_src[start:stop],
-            tgt=rows.edge_tgt[start:stop],
-            w=rows.edge_weight[start:stop],
-        )
+        edges = {
+            "src": rows.edge_src[start:stop],
+            "tgt": rows.edge_tgt[start:stop],
+            "w": rows.edge_weight[start:stop],
+        }
+        out.append(Statement("edges", _EDGES, {"graph": rows.id, **edges}))
     for (source, target), cols in rows.aggregate.items():
         if source not in REF_LABELS or target not in REF_LABELS:
             raise ValueError(f"aggregate endpoint labels must be in {REF_LABELS}, got {(source, target)}")
         table = zip(cols["s"], cols["t"], cols["n"], cols["sum"], cols["abs"], cols["max"], strict=True)
         table = sorted([*row, pair_key(row[0], row[1])] for row in table)
-        missing = tx.run(_AGGREGATE_FOUND, rows=table).single(strict=True)["missing"]
-        if missing:
-            query = _AGGREGATE_NEW.format(source=source, target=target)
-            out.run(query, rows=[table[i] for i in missing])
-    out.run(_FINISH, id=rows.id, job=job)
-    return WriteResult(rows.id, loaded=True, nodes_created=out.nodes, relationships_created=out.relationships)
+        text = _AGGREGATE.format(source=source, target=target)
+        out.append(Statement(f"aggregate {source}->{target}", text, {"rows": table}))
+    out.append(Statement("finish", _FINISH, {"id": rows.id, "job": job}))
+    return out
+
+
+def _write_tx(tx: neo4j.ManagedTransaction, rows: GraphRows, job: str, config: WriterConfig) -> WriteResult:
+    claim = claim_statement(rows)
+    result = tx.run(claim.text, claim.params)
+    record = result.single()
+    if record is not None and record["complete"]:
+        tx.run(_SKIPPED, job=job).consume()
+        return WriteResult(rows.id, loaded=False)
+    nodes = result.consume().counters.nodes_created  # the Graph node, when this claim made it
+    relationships = 0
+    for statement in write_statements(rows, job=job, config=config):
+        counters = tx.run(statement.text, statement.params).consume().counters
+        nodes += counters.nodes_created
+        relationships += counters.relationships_created
+    return WriteResult(rows.id, loaded=True, nodes_created=nodes, relationships_created=relationships)
 
 
 def write_graph(

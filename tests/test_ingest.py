@@ -203,12 +203,14 @@ def test_bad_graphs_fail_cleanly_or_are_skipped(db: neo4j.Driver, graph_dir: Pat
     assert query(db, "MATCH (g:Graph) RETURN count(g) AS n")[0]["n"] == 2
 
 
+@pytest.mark.parametrize("writers", [1, 2])
 def test_pipeline_attributes_and_loads(
-    db: neo4j.Driver, tiny: tuple[LoadedModel, TranscoderSet], tmp_path: Path
+    db: neo4j.Driver, tiny: tuple[LoadedModel, TranscoderSet], tmp_path: Path, writers: int
 ) -> None:
     prompts = [Prompt(text=t, id=f"q{i}") for i, t in enumerate(TEXTS[:3])]
+    config = IngestConfig(writers=writers)
     summary = ingest_prompts(
-        db, *tiny, prompts, tmp_path, attribution=CONFIG, queue_size=1, show_progress=False
+        db, *tiny, prompts, tmp_path, attribution=CONFIG, config=config, queue_size=1, show_progress=False
     )
     assert (summary.loaded, summary.skipped, summary.status) == (3, 0, "finished")
     assert len(list(tmp_path.glob("*.safetensors"))) == 3

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import neo4j
 import pytest
+import torch
 
 from circuitbase.engine.graph import AttributionGraph
 from circuitbase.ingest.loader import ingest_files
 from circuitbase.ingest.schema import apply_schema
 from circuitbase.ingest.verify import content_checksum
 from circuitbase.settings import PASSWORD_ENV, URI_ENV, USER_ENV, Neo4jSettings
+from tests.numerics import assert_close
 from tests.test_ingest import graph_dir, tiny  # noqa: F401  (session fixtures)
 
 pytestmark = pytest.mark.neo4j
@@ -110,3 +112,41 @@ def test_cli_reports_bad_input_with_file_and_line(
         job.returncode == 1 and "uses transcoder set 'fixtures/plt-relu', the job loads 'other-set'" in output
     )
     assert complete_graphs(clean_db) == 0
+
+
+def aggregate_snapshot(driver: neo4j.Driver) -> tuple[dict[str, int], dict[tuple[str, str], list[float]]]:
+    """Counts per node label and relationship type, and every ATTRIBUTES edge's numbers by endpoint keys."""
+    records, _, _ = driver.execute_query(
+        "MATCH (n) WHERE NOT n:IngestJob UNWIND labels(n) AS label RETURN label, count(*) AS n "
+        "UNION ALL MATCH ()-[r]->() RETURN type(r) AS label, count(*) AS n"
+    )
+    counts = {r["label"]: r["n"] for r in records}
+    records, _, _ = driver.execute_query(
+        "MATCH (a)-[e:ATTRIBUTES]->(b) "
+        "RETURN a.key AS a, b.key AS b, [e.graphs, e.edges, e.sum, e.sum_abs, e.max_abs] AS numbers"
+    )
+    return counts, {(r["a"], r["b"]): r["numbers"] for r in records}
+
+
+def test_concurrent_writers_load_what_one_writer_loads(
+    clean_db: neo4j.Driver, neo4j_settings: Neo4jSettings, many_graphs: Path
+) -> None:
+    """Three writers on graphs that share every feature pair: same content, sums up to summation order."""
+    apply_schema(clean_db)
+    ingest_files(clean_db, sorted(many_graphs.glob("*.safetensors")))
+    counts, edges = aggregate_snapshot(clean_db)
+    clean_db.execute_query("MATCH (n) DETACH DELETE n")
+
+    job = cli(neo4j_settings, "--graphs", str(many_graphs), "--no-progress", "--writers", "3")
+    output = job.communicate(timeout=300)[0].decode()
+    assert job.returncode == 0, output
+    counts_3, edges_3 = aggregate_snapshot(clean_db)
+    assert counts_3 == counts and counts["Graph"] == N_GRAPHS
+    assert edges_3.keys() == edges.keys()
+    assert max(numbers[0] for numbers in edges.values()) >= N_GRAPHS // 4  # writers share pairs
+    keys = sorted(edges)
+    assert [edges_3[k][:2] for k in keys] == [edges[k][:2] for k in keys]  # graphs and edges: integers
+    floats = torch.tensor([edges[k][2:] for k in keys], dtype=torch.float64)
+    assert_close(torch.tensor([edges_3[k][2:] for k in keys], dtype=torch.float64), floats, rel=1e-9)
+    records, _, _ = clean_db.execute_query("MATCH (j:IngestJob) RETURN j.graphs_loaded AS n, j.status AS s")
+    assert [(r["n"], r["s"]) for r in records] == [(N_GRAPHS, "finished")]

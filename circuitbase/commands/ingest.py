@@ -94,15 +94,14 @@ def _bulk(
         skip_bad=skip_bad,
         labels=labels_for(transcoders),
     )
-    with progress_bar(show=progress) as bar:
-        task = bar.add_task("ingest", total=len(files), graphs_rate="-", rows_rate="-")
+    with progress_bar(show=progress, total=len(files)) as bar:
         result = bulk_import_files(
             files,
             instance=instance,
             config=BulkConfig(ingest=accepted),
             parameters={"graphs": str(graphs)},
             log=console.print,
-            each=lambda: bar.advance(task),
+            each=bar.advance,
         )
     console.print(
         f"bulk: CSV files {result.csv_seconds:.1f}s, neo4j-admin import {result.import_seconds:.1f}s"
@@ -140,6 +139,9 @@ def ingest_command(
     max_row_memory_mb: MaxRowMemory = 4096,
     dtype: Precision = "float32",
     queue_size: int = typer.Option(8, help="Graphs attribution may run ahead of the database writer."),
+    writers: int = typer.Option(
+        1, min=1, help="Graphs written at once, each in its own transaction (deadlocks are retried)."
+    ),
     skip_bad: bool = typer.Option(False, help="Go on past bad prompts/graph files and list them at the end."),
     instance: str = typer.Option(
         "default", help="Local Neo4j instance used when CIRCUITBASE_NEO4J_URI is unset."
@@ -185,6 +187,7 @@ def ingest_command(
             skip_bad=skip_bad,
             database=settings.database,
             labels=labels_for(transcoders),
+            writers=writers,
         )
         if graphs is not None:
             files = graph_files(graphs)
