@@ -62,8 +62,8 @@ Precision = Annotated[
     str,
     typer.Option(
         help="float32 (exact), bfloat16 (model and transcoder weights in bfloat16: half the memory, "
-        "faster on GPUs, edges within ~10% of the largest edge) or tf32 (float32 weights, TensorFloat-32 "
-        "CUDA matmuls)."
+        "faster on GPUs; features near their thresholds may switch, so edges are approximate) or tf32 "
+        "(float32 weights, TensorFloat-32 CUDA matmuls)."
     ),
 ]
 MaxRowMemory = Annotated[
