@@ -57,8 +57,9 @@ class NodeKinds:
 
 
 def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
+    """|rows| / (row sums of |rows|), in one new tensor."""
     magnitude = rows.abs()
-    return magnitude / magnitude.sum(dim=1, keepdim=True).clamp(min=_EPS)
+    return magnitude.div_(magnitude.sum(dim=1, keepdim=True).clamp(min=_EPS))
 
 
 def propagate_influence(
@@ -135,10 +136,10 @@ def prune(
     prunable[: kinds.n_features + kinds.n_errors] = True
     node_mask[prunable] = _cover(influence[prunable], node_threshold)
 
-    kept_rows = rows * node_mask[None, :] * node_mask[row_nodes][:, None]
+    kept_rows = rows * (node_mask[None, :] & node_mask[row_nodes][:, None])
     kept_normalized = normalize_rows(kept_rows)
     kept_influence = propagate_influence(kept_normalized, row_nodes, weights, max_steps=max_steps)
-    edge_scores = (kept_normalized * (kept_influence + weights)[row_nodes][:, None]).flatten()
+    edge_scores = kept_normalized.mul_((kept_influence + weights)[row_nodes][:, None]).flatten()
     # only kept edges can be kept: ranking just those gives the same mask at a fraction of the sort
     candidates = torch.nonzero(kept_rows.flatten(), as_tuple=True)[0]
     edge_mask = torch.zeros_like(edge_scores, dtype=torch.bool)
