@@ -330,14 +330,10 @@ def _package(
     # rows over the node order: selected features (unselected columns dropped), then errors and tokens
     feature_rows = store.stored_rows() if order is None else store.stored_rows()[order]
     rows_src = torch.cat([feature_rows, store.kept_columns(store.logit_rows)], dim=0)
-    columns = store.column_of(selected)
-    all_columns = n_sel == rows_src.shape[1] - n_err - n_tok and bool(
-        (columns == torch.arange(n_sel, device=columns.device)).all()
-    )  # every stored feature column is a node, in order: no column gather
+    n_stored = rows_src.shape[1] - n_err - n_tok
+    # selected is sorted and lies in the stored columns, so as many of them means all of them, in order
     parts = (
-        [rows_src]
-        if all_columns
-        else [rows_src[:, columns], rows_src[:, rows_src.shape[1] - n_err - n_tok :]]
+        [rows_src] if n_sel == n_stored else [rows_src[:, store.column_of(selected)], rows_src[:, n_stored:]]
     )
     rows = torch.cat([*parts, rows_src.new_zeros(rows_src.shape[0], n_logit)], dim=1)  # logits: targets only
     device = rows.device

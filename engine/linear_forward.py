@@ -255,7 +255,9 @@ class LinearizedPrompt:
             copies = torch.arange(part.copies.start, part.copies.start + slots.numel(), device=slots.device)
             for slot in slots.unique().tolist():
                 here = slots == slot
-                seed = seeds.setdefault(slot, torch.zeros_like(outputs[slot]))
+                if slot not in seeds:
+                    seeds[slot] = torch.zeros_like(outputs[slot])
+                seed = seeds[slot]
                 seed[copies[here], positions[here]] = vectors[here].to(seed.dtype)
         self.backward_passes += 1
         grads = torch.autograd.grad(
@@ -268,15 +270,8 @@ class LinearizedPrompt:
         rows = []
         for part, (slots, _, _) in zip(self.parts, targets, strict=True):
             used = slice(part.copies.start, part.copies.start + slots.numel())
-            length = part.state.n_positions
-
-            def own(
-                grad: torch.Tensor | None, used: slice = used, length: int = length
-            ) -> torch.Tensor | None:
-                return None if grad is None else grad[used, :length]
-
-            d_const = [own(g) for g in grads[1:]]
-            rows.append(_edge_weights(part, slots.numel(), own(grads[0]), d_const, cache=self.cache_decoders))
+            own = [None if g is None else g[used, : part.state.n_positions] for g in grads]
+            rows.append(_edge_weights(part, slots.numel(), own[0], own[1:], cache=self.cache_decoders))
         return rows
 
 
