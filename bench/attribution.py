@@ -255,7 +255,7 @@ def _tflops(row: dict, tool: str, dtype: str) -> str:
         copies, passes = run["effective_batch_size"], run["backward_passes"]
     flops = graph_flops(
         ours["dims"], tokens=row["length"], copies=copies, passes=passes,
-        active_features=ours["active_features"],
+        active_features=ours["active_features"], with_qk=tool == "circuit_tracer",
     )  # fmt: skip
     achieved = flops / run["s_per_graph"] / 1e12
     peak = peak_tflops(ours["device_name"], dtype)

@@ -1,10 +1,12 @@
 """Analytic FLOPs of one attribution graph and the dense peak of the GPU it ran on.
 
-Both tools do the same work for a graph: one forward of B copies of the prompt through the frozen body
-(attention projections, the attention-weighted sum with frozen patterns, the linear skip; no MLPs), one
-backward pass per batch of B targets (input gradients only: as many FLOPs as the forward), and per pass
-the edge products: every active feature's decoder vector, every error and every token embedding dotted
-with the gradient at its site. Scores with frozen patterns, norms and elementwise work are left out.
+A graph's work: one forward of B copies of the prompt through the frozen body (attention projections,
+the attention-weighted sum with frozen patterns, the linear skip; no MLPs), one backward pass per batch
+of B targets (input gradients only, through the value and output projections: frozen patterns stop the
+gradient to queries and keys), and per pass the edge products: every active feature's decoder vector,
+every error and every token embedding dotted with the gradient at its site. circuit-tracer's forward
+computes the query and key projections although frozen patterns never read them; circuitbase's replay
+skips them (`with_qk=False`). Scores, norms and elementwise work are left out.
 """
 
 from __future__ import annotations
@@ -33,15 +35,20 @@ def model_dims(config) -> dict:
     }
 
 
-def graph_flops(dims: dict, *, tokens: int, copies: int, passes: int, active_features: int) -> float:
-    """FLOPs of a graph: the copies' forward, `passes` backward passes and their edge products."""
+def graph_flops(
+    dims: dict, *, tokens: int, copies: int, passes: int, active_features: int, with_qk: bool = True
+) -> float:
+    """FLOPs of a graph: the copies' forward, `passes` backward passes and their edge products.
+    with_qk: count the query and key projections (default True; False for a replay that skips them)."""
     n_layers, d, hd = dims["n_layers"], dims["d_model"], dims["head_dim"]
     q, kv = dims["n_heads"] * hd, dims["n_kv_heads"] * hd
-    per_token_layer = 2 * d * (2 * q + 2 * kv) + 2 * d * d  # q, k, v, o projections + skip
+    value_output = 2 * d * (kv + q) + 2 * d * d  # v and o projections + skip, per token and layer
+    query_key = 2 * d * (q + kv)
     attend = 2 * dims["n_heads"] * hd * tokens * (tokens + 1) / 2  # causal pattern x values
-    body = copies * n_layers * (tokens * per_token_layer + attend)
+    backward = copies * n_layers * (tokens * value_output + attend)
+    forward = backward + (copies * n_layers * tokens * query_key if with_qk else 0)
     edges = 2 * copies * d * (active_features + (n_layers + 1) * tokens)
-    return body + passes * (body + edges)
+    return forward + passes * (backward + edges)
 
 
 def peak_tflops(device_name: str, dtype: str) -> float | None:
