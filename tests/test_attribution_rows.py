@@ -5,6 +5,8 @@
 - Under a row-memory cap too small for full rows, a pool of feature columns is kept: the graph still
   visits every feature asked for, and every edge between its nodes equals the uncapped graph's.
 - A cap too small even for that visits fewer features and says so in the graph's params.
+- A batch-memory cap runs fewer copies per pass and gives the same graph; the default cap on each device
+  is positive and within what the device has.
 - bfloat16 weights give edges within a stated bound of float32 ones.
 """
 
@@ -20,6 +22,7 @@ from circuitbase.engine.adapters import adapter_for
 from circuitbase.engine.attribution import (
     AttributionConfig,
     PromptInput,
+    _affordable_batch,
     _feature_targets,
     attribute,
     attribute_many,
@@ -142,6 +145,25 @@ def test_a_cap_too_small_for_the_pool_visits_fewer_features(tiny) -> None:
     assert visited < BUDGET
     assert memory_note(graph).startswith(f"{visited} of {BUDGET} feature nodes visited")
     assert visited * (visited + n_other) * 4 <= 2**20 < (visited + 1) * (visited + 1 + n_other) * 4
+
+
+def test_a_batch_memory_cap_runs_fewer_copies_and_gives_the_same_graph(tiny, device) -> None:
+    model, transcoders, ids = tiny
+    adapter = adapter_for(model)
+    default = AttributionConfig(max_feature_nodes=BUDGET)
+    shapes = {"n_positions": ids.numel(), "d_model": adapter.d_model, "n_layers": adapter.n_layers}
+    assert _affordable_batch(default, **shapes, device=torch.device(device)) == default.batch_size
+    per_copy = 10 * ids.numel() * adapter.d_model * (adapter.n_layers + 1) * 4
+    capped = AttributionConfig(max_feature_nodes=BUDGET, max_batch_memory_mb=1)
+    copies = _affordable_batch(capped, **shapes, device=torch.device(device))
+    assert copies == 2**20 // per_copy and 1 < copies < default.batch_size
+
+    small = attribute(model, adapter, transcoders, ids, config=capped)
+    full = attribute(model, adapter, transcoders, ids, config=default)
+    assert (small.params["effective_batch_size"], full.params["effective_batch_size"]) == (copies, 64)
+    assert small.params["backward_passes"] > full.params["backward_passes"]
+    assert torch.equal(small.selected_features, full.selected_features)
+    assert_close(small.dense_adjacency(), full.dense_adjacency(), rel=1e-5)
 
 
 def test_bfloat16_edges_within_bound_of_float32(tiny) -> None:
