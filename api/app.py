@@ -29,6 +29,7 @@ from strawberry.types import ExecutionContext
 from circuitbase.api.auth import READ_ACCESS, Caller, access_errors, presented_key, verify_key
 from circuitbase.api.cache import ResultCache
 from circuitbase.api.errors import ErrorCodes
+from circuitbase.api.interventions import InterventionService, ModelSource, default_sources
 from circuitbase.api.jobs import IngestSettings, JobRunner
 from circuitbase.api.limits import Limits, complexity_errors
 from circuitbase.api.repository import Repository, TimedDriver
@@ -49,13 +50,17 @@ class ApiConfig:
     """read_access: 'open' (default: anyone may query) or 'key' (queries need an API key too; mutations
     always do). cors_origins: allowed browser origins (default none). limits: see `Limits`.
     ingest: the model and transcoders ingest jobs use (default None: no ingest jobs). database: Neo4j
-    database (default 'neo4j')."""
+    database (default 'neo4j'). intervention_models: models the `intervene` query may run besides the
+    ingest model and the shipped toy model (default none; `circuitbase.api.interventions`).
+    intervention_device: where they run ('auto', 'cpu' or 'cuda'; default 'auto')."""
 
     read_access: str = "open"
     cors_origins: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     ingest: IngestSettings | None = None
     database: str = "neo4j"
+    intervention_models: tuple[ModelSource, ...] = ()
+    intervention_device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.read_access not in READ_ACCESS:
@@ -113,6 +118,15 @@ def create_app(*, config: ApiConfig | None = None, driver: neo4j.Driver | None =
         state["repo"] = Repository(timed, database=config.database)
         state["jobs"] = JobRunner(raw, database=config.database, ingest=config.ingest)
         state["cache"] = ResultCache()
+        ingest = config.ingest
+        state["interventions"] = InterventionService(
+            sources=default_sources(
+                given=config.intervention_models,
+                ingest=ModelSource(ingest.model, str(ingest.transcoders)) if ingest else None,
+            ),
+            device=config.intervention_device,
+            limits=config.limits,
+        )
         try:
             yield
         finally:
@@ -134,6 +148,7 @@ def create_app(*, config: ApiConfig | None = None, driver: neo4j.Driver | None =
             limits=config.limits,
             jobs=state["jobs"],  # type: ignore[arg-type]
             cache=state["cache"],  # type: ignore[arg-type]
+            interventions=state["interventions"],  # type: ignore[arg-type]
         )
 
     app = FastAPI(

@@ -3,7 +3,8 @@
 Types are built from repository rows; nested fields load through the request's DataLoaders
 (`circuitbase.api.loaders`), so a dashboard query costs one round trip per level, whatever the page size.
 Lists page Relay-style (`first`/`after`, `pageInfo`, opaque cursors) with `first` bounded by the limits.
-Mutations need an API key (`circuitbase.api.auth`).
+Mutations need an API key (`circuitbase.api.auth`). `intervene` runs the model
+(`circuitbase.api.intervention_schema`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from circuitbase.analysis.run import STEPS
 from circuitbase.api.auth import Caller
 from circuitbase.api.cache import ResultCache
 from circuitbase.api.errors import BAD_USER_INPUT, NOT_FOUND, ApiError
+from circuitbase.api.intervention_schema import FeatureChangeInput, Intervention, intervene
+from circuitbase.api.interventions import InterventionService
 from circuitbase.api.jobs import JobError, JobRunner, JobState
 from circuitbase.api.limits import Limits, page_size
 from circuitbase.api.loaders import Compute, Loaders
@@ -42,14 +45,22 @@ T = TypeVar("T")
 
 
 class Context(BaseContext):
-    """What resolvers get as `info.context`: the repository, loaders, caller, limits, job runner and the
-    server's result cache."""
+    """What resolvers get as `info.context`: the repository, loaders, caller, limits, job runner, the
+    server's result cache and its intervention service."""
 
     def __init__(
-        self, *, repo: Repository, caller: Caller, limits: Limits, jobs: JobRunner, cache: ResultCache
+        self,
+        *,
+        repo: Repository,
+        caller: Caller,
+        limits: Limits,
+        jobs: JobRunner,
+        cache: ResultCache,
+        interventions: InterventionService,
     ) -> None:
         super().__init__()
         self.repo, self.caller, self.limits, self.jobs, self.cache = repo, caller, limits, jobs, cache
+        self.interventions = interventions
         self.loaders = Loaders(repo, cached=self.cached_many)
         self._state: asyncio.Future[Hashable | None] | None = None
 
@@ -1150,6 +1161,30 @@ class Query:
     async def analysis_runs(self, info: Info) -> list[AnalysisRun]:
         rows = await _ctx(info).call(_ctx(info).repo.analysis_runs)
         return [_from_row(AnalysisRun, r, step="id") for r in rows]
+
+    @strawberry.field(
+        description="Change features of a graph's prompt (or of `prompt`) and run the graph's model and "
+        "transcoder set: the top next tokens before and after, and the logit changes. Attention is frozen "
+        "as in the prompt unless freeAttention. Changes no data; limited in features, prompt tokens and "
+        "model runs a minute; answers are cached."
+    )
+    async def intervene(
+        self,
+        info: Info,
+        graph_id: strawberry.ID,
+        features: list[FeatureChangeInput],
+        prompt: str | None = None,
+        free_attention: bool = False,
+        top: int = 5,
+    ) -> Intervention:
+        return await intervene(
+            _ctx(info),
+            graph_id=graph_id,
+            features=features,
+            prompt=prompt,
+            free_attention=free_attention,
+            top=top,
+        )
 
 
 def _prompts(inputs: Sequence[PromptInput]) -> list[Any]:

@@ -16,8 +16,9 @@ where a'_i are the activations after the interventions and b_i the activations t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +46,37 @@ class FeatureIntervention:
         if (self.value is None) == (self.scale is None):
             raise InterventionError(f"{self}: give exactly one of value or scale")
         return current * self.scale if self.scale is not None else torch.full_like(current, float(self.value))
+
+
+def resolve_intervention(
+    layer: int,
+    position: int,
+    feature: int,
+    *,
+    value: float | None = None,
+    scale: float | None = None,
+    n_layers: int,
+    n_positions: int,
+    d_transcoder: int,
+) -> FeatureIntervention:
+    """The intervention scaling (`scale`) or setting (`value`; neither: 0) a feature of a prompt of
+    `n_positions` tokens; a negative `position` counts from the end. InterventionError naming what is out of
+    range."""
+    if not 0 <= layer < n_layers:
+        raise InterventionError(f"layer {layer} is not one of 0..{n_layers - 1}")
+    resolved = position + n_positions if position < 0 else position
+    if not 0 <= resolved < n_positions:
+        raise InterventionError(
+            f"position {position} is past the prompt's {n_positions} tokens "
+            f"(0..{n_positions - 1}, or -{n_positions}..-1 from the end)"
+        )
+    if not 0 <= feature < d_transcoder:
+        raise InterventionError(
+            f"feature {feature} is not one of 0..{d_transcoder - 1} (d_transcoder {d_transcoder})"
+        )
+    if scale is not None:
+        return FeatureIntervention(layer, resolved, feature, scale=scale)
+    return FeatureIntervention(layer, resolved, feature, value=value or 0.0)
 
 
 @dataclass
@@ -142,3 +174,32 @@ def run_with_interventions(
         mlp_inputs=[x for x in inputs if x is not None],
         activations=[a for a in used if a is not None],
     )
+
+
+def intervention_report(
+    logits_before: torch.Tensor, logits_after: torch.Tensor, *, decode: Callable[[int], str], top: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Top `top` next tokens before and after ([vocab] logits of the last position) with probabilities,
+    and the logit change of every token in either list (before's order, then after's new ones)."""
+
+    def top_tokens(logits: torch.Tensor) -> list[dict[str, Any]]:
+        probs = torch.softmax(logits.double(), dim=-1)
+        values, ids = torch.topk(probs, top)
+        return [
+            {"token": decode(i), "id": i, "prob": p, "logit": float(logits[i])}
+            for i, p in zip(ids.tolist(), values.tolist(), strict=True)
+        ]
+
+    before, after = top_tokens(logits_before), top_tokens(logits_after)
+    ids = list(dict.fromkeys([t["id"] for t in before] + [t["id"] for t in after]))
+    changes = [
+        {
+            "token": decode(i),
+            "id": i,
+            "before": float(logits_before[i]),
+            "after": float(logits_after[i]),
+            "change": float(logits_after[i]) - float(logits_before[i]),
+        }
+        for i in ids
+    ]
+    return {"before": before, "after": after, "logit_changes": changes}

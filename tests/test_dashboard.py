@@ -20,17 +20,23 @@ from urllib.parse import quote
 import httpx
 import neo4j
 import pytest
+import torch
 import uvicorn
 from playwright.sync_api import Page, sync_playwright
 
 from circuitbase.analysis.run import run_analysis
-from circuitbase.api.app import create_app
+from circuitbase.api.app import ApiConfig, create_app
+from circuitbase.api.interventions import ModelSource
+from circuitbase.engine.interventions import FeatureIntervention
 from circuitbase.ingest.model import feature_key, graph_id
-from tests.api_data import SYNTHETIC, TEXTS
+from tests.api_data import FIXTURES, SYNTHETIC, TEXTS
+from tests.intervention_reference import Reference, reference
+from tests.numerics import assert_close
 
 pytest_plugins = ["tests.api_data"]  # the graph_files and store fixtures
 pytestmark = pytest.mark.neo4j
 
+TINY = FIXTURES / "tiny-llama", FIXTURES / "plt-relu"  # the tiny graphs' model and transcoders
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 CHROMIUM_ENV = "CIRCUITBASE_CHROMIUM"
 CHROMIUM_ARGS = [
@@ -66,12 +72,16 @@ def analysed(store: neo4j.Driver) -> neo4j.Driver:
 
 @pytest.fixture(scope="module")
 def base_url(analysed: neo4j.Driver) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port, in a thread."""
+    """A real uvicorn server on a free loopback port, in a thread; it runs the tiny graphs' model for
+    interventions (on the CPU)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    config = ApiConfig(intervention_models=(ModelSource(*map(str, TINY)),), intervention_device="cpu")
     server = uvicorn.Server(
-        uvicorn.Config(create_app(driver=analysed), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(config=config, driver=analysed), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -270,3 +280,62 @@ def test_compare_prompt_sets(page: Page, base_url: str) -> None:
     )
     capitals = {feature_key("synthetic-set", *f) for f in SYNTHETIC.circuits[0].features}
     assert capitals & set(only_a)
+
+
+def _intervention_shown(page: Page) -> dict[str, list[tuple[int, float]]]:
+    """Run the picked intervention; the (token id, probability) rows shown before and after."""
+    page.evaluate("document.getElementById('intervene-result').removeAttribute('data-state')")
+    page.click("#intervene-run")
+    page.wait_for_selector('#intervene-result[data-state="done"]', timeout=30_000)
+    return {
+        side: page.eval_on_selector_all(
+            f'#intervene-{side} [data-testid="intervene-top-row"]',
+            "rs => rs.map(r => [Number(r.dataset.tokenId), Number(r.dataset.prob)])",
+        )
+        for side in ("before", "after")
+    }
+
+
+def _same_as(shown_rows: dict[str, list[tuple[int, float]]], expected: Reference) -> None:
+    for side, (ids, probs) in (("before", expected.top_before), ("after", expected.top_after)):
+        assert [token for token, _ in shown_rows[side]] == ids
+        assert_close(torch.tensor([p for _, p in shown_rows[side]]), torch.tensor(probs), rel=1e-5)
+    assert shown_rows["before"] != shown_rows["after"]
+
+
+def test_graph_page_ablation_shows_the_python_functions_before_and_after(page: Page, base_url: str) -> None:
+    gid = graph_id("fixtures/plt-relu", "p0")
+    goto(page, base_url, f"graph/{quote(gid, safe='')}", "graph")
+    query = """query($id: ID!) { graph(id: $id) { promptText view(minInfluence: 0, topK: 1) {
+        nodes { node kind layer position featureIndex influence } } } }"""
+    graph = api(base_url, query, id=gid)["graph"]
+    features = [n for n in graph["view"]["nodes"] if n["kind"] == "FEATURE"]
+    strongest = sorted(features, key=lambda n: -n["influence"])[:2]
+    page.check("#pick-mode")
+    for n in strongest:
+        page.click(f'#graph-svg circle[data-node="{n["node"]}"]')
+    assert row_ids(page, "intervene-pick", "data-node") == [n["node"] for n in strongest]
+    assert page.locator("#graph-svg circle.picked").count() == 2
+    assert page.url.endswith("#/graph/" + quote(gid, safe=""))  # picking does not open the feature page
+
+    ablated = _intervention_shown(page)  # both zeroed, attention frozen (the defaults)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "graph-intervention.png", full_page=True)
+    changes = [
+        FeatureIntervention(n["layer"], n["position"], n["featureIndex"], value=0.0) for n in strongest
+    ]
+    text = graph["promptText"]
+    _same_as(ablated, reference(*TINY, text, changes, freeze_attention=True, top=5))
+    assert page.locator('[data-testid="intervene-change"]').count() == len(
+        {token for token, _ in ablated["before"] + ablated["after"]}
+    )
+
+    # scale the first pick by 3 instead, with attention free
+    first = page.locator('[data-testid="intervene-pick"]').first
+    first.locator(".pick-op").select_option("scale")
+    first.locator(".pick-amount").fill("3")
+    page.select_option("#intervene-attention", "free")
+    scaled = _intervention_shown(page)
+    top = strongest[0]
+    changes[0] = FeatureIntervention(top["layer"], top["position"], top["featureIndex"], scale=3.0)
+    _same_as(scaled, reference(*TINY, text, changes, freeze_attention=False, top=5))

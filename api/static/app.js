@@ -1,6 +1,7 @@
 // The circuitbase dashboard: one page, hash routes, every datum from the public GraphQL API at /graphql.
 //   #/prompts?tag=&correct=          prompts with filters; a row opens its graph
-//   #/graph/<id>?minInfluence=&topK= the attribution graph, layered: tokens at the bottom, logits on top
+//   #/graph/<id>?minInfluence=&topK= the attribution graph, layered: tokens at the bottom, logits on top;
+//                                    pick feature nodes, zero/scale/set them, see the top tokens before and after
 //   #/feature/<key>                  where a feature recurs, what drives it and what it drives
 //   #/subcircuits                    recurring subcircuits by rank (total influence), with the prompts they occur in
 //   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side (&fdr=, 0.05)
@@ -166,7 +167,7 @@ const GRAPH_QUERY = `query($id: ID!, $minInfluence: Float!, $topK: Int!) { graph
   id model transcoderSet promptId promptText topToken correct replacementScore completenessScore nNodes nEdges
   prompt { tokens }
   view(minInfluence: $minInfluence, topK: $topK) {
-    nodes { node kind layer position influence activation probability
+    nodes { node kind layer position featureIndex influence activation probability
             feature { key label topContexts } token { text } }
     edges { source target weight } }
   subcircuits { subcircuit { key rank support } weight }
@@ -227,7 +228,8 @@ function showTooltip(event, n) {
   tooltip.style.top = `${event.pageY + 14}px`;
 }
 
-function drawGraph(graph) {
+/** The graph as SVG; clicking a feature node calls `onFeature(node, circle)` (default: open its page). */
+function drawGraph(graph, onFeature = (n) => go(`feature/${encodeURIComponent(n.feature.key)}`, {})) {
   const nodes = graph.view.nodes;
   const nPositions = Math.max(graph.prompt?.tokens.length ?? 0, ...nodes.map((n) => n.position + 1));
   const box = layout(nodes, nPositions);
@@ -279,7 +281,7 @@ function drawGraph(graph) {
       r: (n.kind === "FEATURE" ? 3.5 + 3.5 * Math.abs(n.influence ?? 0) / maxInfluence : 5).toFixed(2),
       onmouseenter: (event) => showTooltip(event, n),
       onmouseleave: () => { tooltip.hidden = true; },
-      onclick: () => n.feature && go(`feature/${encodeURIComponent(n.feature.key)}`, {}),
+      onclick: (event) => n.feature && onFeature(n, event.currentTarget),
     });
     svg.append(circle);
   }
@@ -291,6 +293,7 @@ async function showGraph(id, params) {
   const topK = Number(params.get("topK") ?? 300);
   const graph = (await gql(GRAPH_QUERY, { id, minInfluence, topK })).graph;
   const apply = () => go(`graph/${encodeURIComponent(id)}`, { minInfluence: $("#min-influence").value, topK: $("#top-k").value });
+  const panel = interventionPanel(graph);
   return [
     el("h1", { id: "graph-title", "data-testid": "graph-title" }, graph.promptText),
     el(
@@ -310,7 +313,8 @@ async function showGraph(id, params) {
       el("button", { id: "apply-view", "data-testid": "apply-view", onclick: apply }, "apply"),
       el("span", { class: "legend" }, el("span", { class: "swatch pos" }), "positive ", el("span", { class: "swatch neg" }), "negative"),
     ),
-    el("div", { class: "graph-scroll" }, drawGraph(graph)),
+    el("div", { class: "graph-scroll" }, drawGraph(graph, panel.onFeature)),
+    panel.element,
     el(
       "div",
       { class: "columns" },
@@ -331,6 +335,121 @@ async function showGraph(id, params) {
           : el("p", { class: "muted" }, "none"),
       ),
     ),
+  ];
+}
+
+// ---------------------------------------------------------------------------------------- interventions
+
+const INTERVENE_QUERY = `query($id: ID!, $features: [FeatureChangeInput!]!, $free: Boolean!, $top: Int!) {
+  intervene(graphId: $id, features: $features, freeAttention: $free, top: $top) {
+    changes { layer position feature activationBefore activationAfter }
+    before { tokenId text probability } after { tokenId text probability }
+    logitChanges { tokenId text before after change } } }`;
+
+/** The graph page's intervention panel: with "pick features" ticked, clicking a feature node adds it (or
+ *  takes it out); each pick is zeroed, scaled or set; "run" shows the top tokens before and after. */
+function interventionPanel(graph) {
+  const picks = new Map(); // node id -> { n, circle }
+  const tokens = graph.prompt?.tokens ?? [];
+  const list = el("tbody", { id: "intervene-picks" });
+  const result = el("div", { id: "intervene-result", "data-testid": "intervene-result" });
+  const pickMode = el("input", { id: "pick-mode", "data-testid": "pick-mode", type: "checkbox" });
+  const runButton = el("button", { id: "intervene-run", "data-testid": "intervene-run", disabled: true, onclick: () => run() }, "run");
+
+  function pickRow(n) {
+    const op = select(`op-${n.node}`, [["zero", "zero"], ["scale", "scale ×"], ["set", "set to"]], "zero", { class: "pick-op", "data-testid": "pick-op" });
+    const amount = el("input", { class: "pick-amount", "data-testid": "pick-amount", type: "number", step: "any", value: 2, disabled: true });
+    op.addEventListener("change", () => { amount.disabled = op.value === "zero"; });
+    const token = tokens[n.position] === undefined ? "" : ` ${JSON.stringify(tokens[n.position])}`;
+    return el(
+      "tr",
+      { "data-testid": "intervene-pick", "data-node": n.node },
+      el("td", {}, featureLink(n.feature.key, nodeLabel(n))),
+      el("td", {}, `L${n.layer} @${n.position}${token}`),
+      el("td", { class: "num" }, fmt(n.activation)),
+      el("td", {}, op, " ", amount),
+      el("td", {}, el("button", { class: "link", title: "take out", onclick: () => toggle(n, picks.get(n.node).circle) }, "×")),
+    );
+  }
+
+  function toggle(n, circle) {
+    if (picks.has(n.node)) picks.delete(n.node);
+    else picks.set(n.node, { n, circle, row: pickRow(n) });
+    circle.classList.toggle("picked", picks.has(n.node));
+    list.replaceChildren(...[...picks.values()].map((p) => p.row));
+    runButton.disabled = picks.size === 0;
+  }
+
+  async function run() {
+    const features = [...picks.values()].map(({ n, row }) => {
+      const op = row.querySelector(".pick-op").value;
+      const amount = Number(row.querySelector(".pick-amount").value);
+      return { layer: n.layer, position: n.position, feature: n.featureIndex, ...(op === "scale" ? { scale: amount } : op === "set" ? { value: amount } : {}) };
+    });
+    result.dataset.state = "running";
+    result.replaceChildren(el("p", { class: "muted" }, "running the model…"));
+    try {
+      const top = Number($("#intervene-top").value);
+      const out = (await gql(INTERVENE_QUERY, { id: graph.id, features, free: $("#intervene-attention").value === "free", top })).intervene;
+      result.replaceChildren(...interventionResult(out));
+      result.dataset.state = "done";
+    } catch (error) {
+      result.replaceChildren(el("p", { id: "intervene-error", "data-testid": "intervene-error", class: "error" }, error.message));
+      result.dataset.state = "error";
+    }
+  }
+
+  const element = el(
+    "section",
+    { id: "intervene-panel", "data-testid": "intervene-panel", class: "card" },
+    el("h2", {}, "Intervene"),
+    el("p", { class: "muted" }, "Tick “pick features” and click feature nodes in the graph; zero (ablate), scale or set each, then run: the model reruns this prompt with those features changed."),
+    el(
+      "div",
+      { class: "controls" },
+      el("label", {}, pickMode, " pick features"),
+      el("label", {}, "attention ", select("intervene-attention", [["frozen", "frozen"], ["free", "free"]], "frozen")),
+      el("label", {}, "top ", el("input", { id: "intervene-top", "data-testid": "intervene-top", type: "number", min: 1, max: 20, value: 5 })),
+      runButton,
+    ),
+    el("table", { id: "intervene-pick-table" }, el("thead", {}, el("tr", {}, ["feature", "where", "activation", "change", ""].map((h) => el("th", {}, h)))), list),
+    result,
+  );
+  return { element, onFeature: (n, circle) => (pickMode.checked ? toggle(n, circle) : go(`feature/${encodeURIComponent(n.feature.key)}`, {})) };
+}
+
+function topTable(testid, title, rows) {
+  return el(
+    "section",
+    { class: "side" },
+    el("h3", {}, title),
+    table(
+      testid,
+      ["#", "token", "probability"],
+      rows.map((t, i) =>
+        el("tr", { "data-testid": "intervene-top-row", "data-token-id": t.tokenId, "data-prob": t.probability }, el("td", { class: "num" }, i + 1), el("td", {}, JSON.stringify(t.text)), el("td", { class: "num" }, fmt(t.probability, 4))),
+      ),
+    ),
+  );
+}
+
+function interventionResult(out) {
+  const changes = out.logitChanges.map((c) =>
+    el(
+      "tr",
+      { "data-testid": "intervene-change", "data-token-id": c.tokenId, "data-change": c.change },
+      el("td", {}, JSON.stringify(c.text)),
+      el("td", { class: "num" }, fmt(c.before, 4)),
+      el("td", { class: "num" }, fmt(c.after, 4)),
+      el("td", { class: `num ${c.change >= 0 ? "pos" : "neg"}` }, `${c.change >= 0 ? "+" : ""}${fmt(c.change, 4)}`),
+    ),
+  );
+  const activations = out.changes.map((c) => `L${c.layer} @${c.position} #${c.feature}: ${fmt(c.activationBefore)} → ${fmt(c.activationAfter)}`);
+  return [
+    el("div", { class: "columns" }, topTable("intervene-before", "Before", out.before), topTable("intervene-after", "After", out.after)),
+    el("h3", {}, "Logit changes"),
+    table("intervene-changes", ["token", "before", "after", "change"], changes),
+    el("p", { class: "muted" }, `activations: ${activations.join("; ")}`),
   ];
 }
 

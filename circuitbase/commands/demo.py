@@ -176,6 +176,8 @@ def demo_command(
             host="127.0.0.1", port=port, read_access=None, cors_origin=[], model=None,
             transcoders=None, graphs_out=Path("graphs"), device="auto", query_timeout=10.0,
             max_page_size=100, instance=instance,
+            intervention_model=[] if model == "toy" else [model],  # the toy model is always runnable
+            intervention_transcoders=[] if model == "toy" else [str(transcoder_dir)],
         )  # fmt: skip
     else:
         driver.close()

@@ -53,24 +53,21 @@ class FeatureSpec:
 
     def resolve(self, *, n_layers: int, n_positions: int, d_transcoder: int) -> FeatureIntervention:
         """The intervention for a prompt of `n_positions` tokens; SpecError when out of range."""
-        from circuitbase.engine.interventions import FeatureIntervention
+        from circuitbase.engine.interventions import InterventionError, resolve_intervention
 
-        if not 0 <= self.layer < n_layers:
-            raise SpecError(f"--feature {self.text}: layer {self.layer} is not one of 0..{n_layers - 1}")
-        position = self.position + n_positions if self.position < 0 else self.position
-        if not 0 <= position < n_positions:
-            raise SpecError(
-                f"--feature {self.text}: position {self.position} is past the prompt's {n_positions} tokens "
-                f"(0..{n_positions - 1}, or -{n_positions}..-1 from the end)"
+        try:
+            return resolve_intervention(
+                self.layer,
+                self.position,
+                self.feature,
+                value=self.value,
+                scale=self.factor,
+                n_layers=n_layers,
+                n_positions=n_positions,
+                d_transcoder=d_transcoder,
             )
-        if not 0 <= self.feature < d_transcoder:
-            raise SpecError(
-                f"--feature {self.text}: feature {self.feature} is not one of 0..{d_transcoder - 1} "
-                f"(d_transcoder {d_transcoder})"
-            )
-        if self.factor is not None:
-            return FeatureIntervention(self.layer, position, self.feature, scale=self.factor)
-        return FeatureIntervention(self.layer, position, self.feature, value=self.value or 0.0)
+        except InterventionError as exc:
+            raise SpecError(f"--feature {self.text}: {exc}") from None
 
 
 def parse_feature_spec(text: str) -> FeatureSpec:
@@ -96,36 +93,6 @@ def parse_feature_spec(text: str) -> FeatureSpec:
         value=amount if op == "=" else None,
         factor=amount if op == "*" else None,
     )
-
-
-def intervention_report(
-    logits_before: Any, logits_after: Any, *, decode: Any, top: int
-) -> dict[str, list[dict[str, Any]]]:
-    """Top `top` next tokens before and after ([vocab] logits of the last position) with probabilities,
-    and the logit change of every token in either list (before's order, then after's new ones)."""
-    import torch
-
-    def top_tokens(logits: torch.Tensor) -> list[dict[str, Any]]:
-        probs = torch.softmax(logits.double(), dim=-1)
-        values, ids = torch.topk(probs, top)
-        return [
-            {"token": decode(i), "id": i, "prob": p, "logit": float(logits[i])}
-            for i, p in zip(ids.tolist(), values.tolist(), strict=True)
-        ]
-
-    before, after = top_tokens(logits_before), top_tokens(logits_after)
-    ids = list(dict.fromkeys([t["id"] for t in before] + [t["id"] for t in after]))
-    changes = [
-        {
-            "token": decode(i),
-            "id": i,
-            "before": float(logits_before[i]),
-            "after": float(logits_after[i]),
-            "change": float(logits_after[i]) - float(logits_before[i]),
-        }
-        for i in ids
-    ]
-    return {"before": before, "after": after, "logit_changes": changes}
 
 
 def _print(report: dict[str, list[dict[str, Any]]]) -> None:
@@ -193,7 +160,7 @@ def run_intervention(
     `free_attention`) and report `intervention_report`; exits 2 on a spec the run does not have."""
     import torch
 
-    from circuitbase.engine.interventions import run_with_interventions
+    from circuitbase.engine.interventions import intervention_report, run_with_interventions
     from circuitbase.engine.prompts import prompt_token_ids
     from circuitbase.engine.replacement import build_replacement_state, hooks_of
 

@@ -30,7 +30,17 @@ def serve_command(
     model: str | None = typer.Option(None, help="Model for ingest jobs started through the API."),
     transcoders: str | None = typer.Option(None, help=f"Transcoder set for ingest jobs: {TRANSCODERS_HELP}"),
     graphs_out: Path = typer.Option(Path("graphs"), help="Where ingest jobs write graph files."),
-    device: str = typer.Option("auto", help="Device for ingest jobs: 'auto', 'cpu' or 'cuda'."),
+    device: str = typer.Option(
+        "auto", help="Device for ingest jobs and interventions: 'auto', 'cpu' or 'cuda'."
+    ),
+    intervention_model: list[str] = typer.Option(
+        [],
+        help="A model the `intervene` query may run (repeatable, paired in order with "
+        "--intervention-transcoders); the ingest model and the shipped toy model are always runnable.",
+    ),
+    intervention_transcoders: list[str] = typer.Option(
+        [], help=f"The transcoder set of the --intervention-model at the same place: {TRANSCODERS_HELP}"
+    ),
     query_timeout: float = typer.Option(10.0, help="Neo4j transaction timeout per query, seconds."),
     max_page_size: int = typer.Option(100, help="Largest page (first/limit) a query may ask for."),
     instance: str = typer.Option("default", help=INSTANCE_HELP),
@@ -39,6 +49,7 @@ def serve_command(
     import uvicorn
 
     from circuitbase.api.app import ApiConfig, create_app
+    from circuitbase.api.interventions import ModelSource
     from circuitbase.api.jobs import IngestSettings
     from circuitbase.api.limits import Limits
     from circuitbase.settings import load_neo4j_settings, open_driver
@@ -46,6 +57,8 @@ def serve_command(
     with fail_on(console):
         if (model is None) != (transcoders is None):
             raise ValueError("ingest jobs need both --model and --transcoders (or neither)")
+        if len(intervention_model) != len(intervention_transcoders):
+            raise ValueError("give one --intervention-transcoders for each --intervention-model")
         settings = load_neo4j_settings(instance=instance)
         ingest = IngestSettings(model, transcoders, graphs_out, device) if model and transcoders else None
         config = ApiConfig.from_env(
@@ -54,6 +67,8 @@ def serve_command(
             limits=Limits(query_timeout_s=query_timeout, max_page_size=max_page_size),
             ingest=ingest,
             database=settings.database,
+            intervention_models=tuple(map(ModelSource, intervention_model, intervention_transcoders)),
+            intervention_device=device,
         )
         driver = open_driver(settings)
     try:
