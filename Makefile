@@ -62,7 +62,7 @@ lock:
 	rm -rf "$(CACHE)/venv-lock"
 	$(PYTHON) -m venv "$(CACHE)/venv-lock"
 	$(CACHE)/venv-lock/bin/python -m pip install -q --upgrade pip
-	$(CACHE)/venv-lock/bin/python -m pip install -q ".[dev,fast]"
+	$(CACHE)/venv-lock/bin/python -m pip install -q ".[dev,fast,ray]"
 	$(CACHE)/venv-lock/bin/python -m pip freeze --all --exclude circuitbase --exclude pip > requirements.lock
 
 clean-venvs:

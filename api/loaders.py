@@ -83,6 +83,7 @@ class Loaders:
         self.prompt = _by_key(repo.prompts_by_id)
         self.feature = _by_key(repo.features_by_key)
         self.token = _by_key(repo.tokens_by_key)
+        self.ref = _by_key(repo.refs_by_key)  # a Feature or Token key, for words (circuitbase.api.words)
         self.subcircuit = _by_key(repo.subcircuits_by_key)
         self.graphs_of_prompt = _by_key(repo.graphs_of_prompts, default=[])
         self.subcircuits_of_graph = _by_key(repo.subcircuits_of_graphs, default=[])

@@ -132,6 +132,16 @@ _FEATURES_BY_KEY = (
     f"UNWIND $keys AS key MATCH (f:Feature {{key: key}}) RETURN collect(f {{{_FEATURE_FIELDS}}}) AS rows"
 )
 _TOKENS_BY_KEY = "UNWIND $keys AS key MATCH (t:Token {key: key}) RETURN collect(t {.*}) AS rows"
+_REFS_BY_KEY = """
+UNWIND $keys AS key
+OPTIONAL MATCH (f:Feature {key: key})
+OPTIONAL MATCH (t:Token {key: key})
+WITH key, f, t WHERE f IS NOT NULL OR t IS NOT NULL
+RETURN collect(CASE WHEN f IS NOT NULL
+  THEN {key: key, kind: 'Feature', layer: f.layer, index: f.index, label: f.label,
+        promoted_tokens: f.promoted_tokens}
+  ELSE {key: key, kind: 'Token', text: t.text} END) AS rows
+"""
 _KEPT = "(n.influence >= $min_influence OR n:TokenNode OR n:LogitNode)"
 _NODES = f"""
 UNWIND $keys AS key
@@ -369,6 +379,11 @@ class Repository:
 
     def tokens_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
         return self.by_key(_TOKENS_BY_KEY, keys)
+
+    def refs_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
+        """Features and Tokens by key, whichever each key is: `kind` ('Feature' or 'Token') and what
+        `circuitbase.api.words` reads (layer, index, label, promoted_tokens; text)."""
+        return self.by_key(_REFS_BY_KEY, keys)
 
     def subcircuits_by_key(self, keys: Sequence[str]) -> dict[str, dict]:
         return self.by_key(_SUBCIRCUITS_BY_KEY, keys)

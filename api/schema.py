@@ -39,6 +39,7 @@ from circuitbase.api.jobs import JobError, JobRunner, JobState
 from circuitbase.api.limits import Limits, page_size
 from circuitbase.api.loaders import Compute, Loaders
 from circuitbase.api.repository import GraphFilter, Repository
+from circuitbase.api.words import feature_words, node_words, ref_words, subcircuit_sentence
 from circuitbase.ingest.model import feature_key, token_key
 
 T = TypeVar("T")
@@ -193,6 +194,20 @@ class Feature:
         return _from_row(cls, row, transcoder_set="set")
 
     @strawberry.field(
+        description="The feature in words: layer, index and label ('L1 #208 “France-ish”'), else its top "
+        "logit-lens tokens ('L1 #208 (promotes \" Paris\", \" Rome\")'), else 'L1 #208'."
+    )
+    def description(self) -> str:
+        return feature_words(
+            {
+                "layer": self.layer,
+                "index": self.index,
+                "label": self.label,
+                "promoted_tokens": self.promoted_tokens,
+            }
+        )
+
+    @strawberry.field(
         description="Complete graphs keeping an instance of this feature, most influential first."
     )
     async def graphs(self, info: Info, min_influence: float = 0.0, limit: int = 25) -> list[FeatureInGraph]:
@@ -219,6 +234,11 @@ async def _feature(info: Info, key: str | None) -> Feature | None:
 async def _graph(info: Info, graph_id: str) -> Graph | None:
     row = await _ctx(info).loaders.graph.load(graph_id)
     return Graph.of(row) if row else None
+
+
+async def _ref_words(info: Info, key: str, *, logit: bool) -> str:
+    """A Feature or Token key in words (`circuitbase.api.words`), loaded in the request's batch."""
+    return ref_words(await _ctx(info).loaders.ref.load(key), key=key, logit=logit)
 
 
 async def _subcircuit(info: Info, key: str | None) -> Subcircuit | None:
@@ -254,6 +274,10 @@ class Neighbour:
     @strawberry.field
     async def feature(self, info: Info) -> Feature | None:
         return await _feature(info, self.key if self.kind == "Feature" else None)
+
+    @strawberry.field(description="The neighbour in words (a feature's label, a token's text).")
+    async def text(self, info: Info) -> str:
+        return await _ref_words(info, self.key, logit=self.kind == "Token" and self.direction == "out")
 
 
 # ---------------------------------------------------------------- prompts and graphs
@@ -312,6 +336,12 @@ class GraphNode:
     token: Token | None = strawberry.field(
         default=None, description="The vocabulary item of a token or logit node."
     )
+    text: str | None = strawberry.field(
+        default=None,
+        description="The node in words with its place: 'L1 #208 “label” @5 \" Dallas\"' (layer, index, label "
+        "or logit-lens tokens, position and its input token), '\" Dallas\" @5', 'logit \" Paris\"', "
+        "'error L1 @5 \" Dallas\"'.",
+    )
 
 
 def _refs(nodes: list[GraphNode], kinds: tuple[NodeKind, ...]) -> list[str]:
@@ -328,6 +358,24 @@ def _asks_for(info: Info, name: str) -> bool:
         )
 
     return any(found(field.selections) for field in info.selected_fields)
+
+
+def _name_nodes(
+    nodes: list[GraphNode], *, feature_rows: dict[str, dict], token_rows: dict[str, dict]
+) -> None:
+    """Set each node's `text` (`circuitbase.api.words.node_words`); a position's input token is the text of
+    the token node there (token nodes are kept at every pruning level)."""
+    text_of = {key: row.get("text") for key, row in token_rows.items()}
+    inputs = {n.position: text_of.get(n.ref or "") for n in nodes if n.kind == NodeKind.TOKEN}
+    for n in nodes:
+        n.text = node_words(
+            kind=n.kind.value,
+            layer=n.layer,
+            position=n.position,
+            feature=feature_rows.get(n.ref or "") if n.kind == NodeKind.FEATURE else None,
+            token_text=text_of.get(n.ref or "") if n.kind in _TOKEN_KINDS else None,
+            input_text=inputs.get(n.position),
+        )
 
 
 @strawberry.type(description="A kept edge: the direct effect of `source` on `target` (node ids).")
@@ -353,17 +401,22 @@ class GraphView:
         ctx = _ctx(info)
         nodes = [self._node(r) for r in await ctx.loaders.nodes.load((self.graph_id, self.min_influence))]
         # the nodes' features and tokens, if asked for, load here in one batch each (not one awaitable per
-        # node: a view has thousands of nodes)
-        features = _refs(nodes, (NodeKind.FEATURE,)) if _asks_for(info, "feature") else []
-        tokens = _refs(nodes, _TOKEN_KINDS) if _asks_for(info, "token") else []
+        # node: a view has thousands of nodes); words need both
+        words = _asks_for(info, "text")
+        features = _refs(nodes, (NodeKind.FEATURE,)) if words or _asks_for(info, "feature") else []
+        tokens = _refs(nodes, _TOKEN_KINDS) if words or _asks_for(info, "token") else []
         found_features, found_tokens = await asyncio.gather(
             ctx.loaders.feature.load_many(features), ctx.loaders.token.load_many(tokens)
         )
-        feature_of = {k: Feature.of(r) for k, r in zip(features, found_features, strict=True) if r}
-        token_of = {k: Token.of(r) for k, r in zip(tokens, found_tokens, strict=True) if r}
+        feature_rows = {k: r for k, r in zip(features, found_features, strict=True) if r}
+        token_rows = {k: r for k, r in zip(tokens, found_tokens, strict=True) if r}
+        feature_of = {k: Feature.of(r) for k, r in feature_rows.items()}
+        token_of = {k: Token.of(r) for k, r in token_rows.items()}
         for n in nodes:
             n.feature = feature_of.get(n.ref) if n.kind == NodeKind.FEATURE else None
             n.token = token_of.get(n.ref) if n.kind in _TOKEN_KINDS else None
+        if words:
+            _name_nodes(nodes, feature_rows=feature_rows, token_rows=token_rows)
         return nodes
 
     @strawberry.field(
@@ -403,6 +456,19 @@ class Graph:
     prompt_text: str
     replacement_score: float | None
     completeness_score: float | None
+    faithfulness: float | None = strawberry.field(
+        description="Agreement (-1..1) of the top-logit changes the graph predicts and the real model shows "
+        "when its most influential features are ablated (attention free); null when not checked."
+    )
+    faithfulness_correlation: float | None = strawberry.field(
+        description="Pearson correlation of those predicted and measured changes, one feature at a time."
+    )
+    logit_share_measured: float | None = strawberry.field(
+        description="Share of the top logit the ablated features carry in the real model."
+    )
+    logit_share_predicted: float | None = strawberry.field(
+        description="Share of the top logit the graph says they carry."
+    )
     top_token: str | None = strawberry.field(description="The model's prediction.")
     correct: bool | None = strawberry.field(description="Whether the prediction is the expected answer.")
     node_threshold: float | None
@@ -468,6 +534,14 @@ class SubcircuitEdge:
     source: strawberry.ID
     target: strawberry.ID
 
+    @strawberry.field(description="The source in words (an input token's text or a feature).")
+    async def source_text(self, info: Info) -> str:
+        return await _ref_words(info, self.source, logit=False)
+
+    @strawberry.field(description="The target in words (a feature, or 'logit \"text\"' for a token).")
+    async def target_text(self, info: Info) -> str:
+        return await _ref_words(info, self.target, logit=True)
+
 
 @strawberry.type(description="A recurring, connected set of feature-level edges (see cypher/README.md).")
 class Subcircuit:
@@ -486,6 +560,19 @@ class Subcircuit:
             SubcircuitEdge(source=s, target=t) for s, t in zip(row["sources"], row["targets"], strict=True)
         ]
         return _from_row(cls, row, {"edges": edges})
+
+    @strawberry.field(
+        description="Its paths from input tokens to logits in words, '; '-separated, each edge in one at "
+        'least: \'"capital" → L1 #208 “France-ish” → logit " Paris"\'; the maxPaths (default 5) covering '
+        "most edges first, then '… (+N more paths)'."
+    )
+    async def sentence(self, info: Info, max_paths: int = 5) -> str:
+        if max_paths < 1:
+            raise ApiError(BAD_USER_INPUT, f"maxPaths must be >= 1, got {max_paths}")
+        sources, targets = [e.source for e in self.edges], [e.target for e in self.edges]
+        keys = list(dict.fromkeys(sources + targets))
+        rows = await _ctx(info).loaders.ref.load_many(keys)
+        return subcircuit_sentence(sources, targets, dict(zip(keys, rows, strict=True)), max_paths=max_paths)
 
     @strawberry.field(description="Graphs it occurs in, by |weight| there.")
     async def occurrences(self, info: Info, limit: int = 25) -> list[SubcircuitOccurrence]:

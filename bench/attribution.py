@@ -18,6 +18,8 @@ of each, the max edge difference on the nodes both selected (features by (layer,
 errors and tokens by position, logits by token; relative to the largest such edge of circuit-tracer's
 graph), achieved TFLOP/s against the card's dense peak on a GPU (`flops`); with `--dtype bfloat16`,
 circuitbase again with bfloat16 weights and transcoders, and its max edge error against its float32 graph.
+`file KB` / `--keep-full KB`: bytes of the warm-up graph's file as written by default (the pruned graph)
+and with the unpruned remainder (`--keep-full`).
 
     python bench/attribution.py --quick                     # a small CPU subset, circuitbase only
     python bench/attribution.py --compare --dtype bfloat16 --json rows.json
@@ -110,6 +112,15 @@ def _graph_record(graph) -> dict:
     }
 
 
+def _file_bytes(graph) -> dict:
+    """Bytes of the graph's file as written by default (pruned graph only) and with --keep-full."""
+    with tempfile.TemporaryDirectory() as folder:
+        return {
+            "file_bytes": graph.save(Path(folder) / "g.safetensors").stat().st_size,
+            "keep_full_bytes": graph.save(Path(folder) / "f.safetensors", keep_full=True).stat().st_size,
+        }
+
+
 def run_case(spec: dict) -> dict:
     """Time circuitbase on one case (spec written by `main`); returns the measured row."""
     import torch
@@ -150,7 +161,7 @@ def run_case(spec: dict) -> dict:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     record = _graph_record(graph)
-    row = {
+    row = _file_bytes(graph) | {
         "s_per_graph": seconds,
         "first_graph_s": first,
         "peak_mib": peak,
@@ -272,7 +283,7 @@ def _cell(run: dict | str | None, key: str, fmt: str, *, reason: bool = False) -
 def _table(rows: list[dict], args: argparse.Namespace) -> list[str]:
     columns = [
         "case", "tokens", "feature nodes", "act/tok/layer", "circuitbase s", "circuit-tracer s", "ratio",
-        "cb peak MiB", "ct peak MiB", "edge diff", "cb TFLOP/s", "ct TFLOP/s",
+        "cb peak MiB", "ct peak MiB", "edge diff", "cb TFLOP/s", "ct TFLOP/s", "file KB", "--keep-full KB",
     ]  # fmt: skip
     if args.dtype != "float32":
         columns += [f"{args.dtype} s", f"{args.dtype} err"]
@@ -296,6 +307,7 @@ def _table(rows: list[dict], args: argparse.Namespace) -> list[str]:
             _cell(theirs, "s_per_graph", ".3f", reason=True), ratio, _cell(ours, "peak_mib", ".0f"),
             _cell(theirs, "peak_mib", ".0f"), _cell(theirs, "edge_max_rel", ".1e"),
             _tflops(row, "circuitbase", "float32"), _tflops(row, "circuit_tracer", "float32"),
+            f"{ours['file_bytes'] / 1e3:,.0f}", f"{ours['keep_full_bytes'] / 1e3:,.0f}",
         ]  # fmt: skip
         if args.dtype != "float32":
             cells += [_cell(low, "s_per_graph", ".3f", reason=True), _cell(low, "edge_max_rel", ".1e")]

@@ -60,6 +60,8 @@ class AttributionConfig:
     # cap on the copies' tensors, so long prompts use smaller batches; None = 10,240 MiB on a CPU and half
     # the memory PyTorch can still get on a GPU when the graph starts
     max_batch_memory_mb: int | None = None
+    # runner.attribute_prompts then also checks each graph on the real model (engine/faithfulness.py)
+    check_faithfulness: bool = False
 
 
 def select_logits(

@@ -3,8 +3,9 @@
 1. Prompts whose graph file already exists in the output directory are skipped (re-runs resume).
 2. The remaining prompts go to the engine 16 at a time (short ones share backward passes), each
    tokenised as circuit-tracer does (`prompts.prompt_token_ids`); every graph is marked with the model's
-   top prediction and whether it matches the expected answer, and written atomically, so a crash loses
-   at most the graphs in flight.
+   top prediction and whether it matches the expected answer (and, with `check_faithfulness`, checked
+   against the real model: `faithfulness`), and written atomically, so a crash loses at most the graphs
+   in flight.
 3. Graphs are also yielded as they are written, so a consumer (the ingest pipeline) can load them
    into the database while the next one is being computed.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from circuitbase.engine.attribution import AttributionConfig, PromptInput, attribute_many, memory_note
+from circuitbase.engine.faithfulness import measure_faithfulness
 from circuitbase.engine.graph import AttributionGraph
 from circuitbase.engine.models import LoadedModel
 from circuitbase.engine.neuronpedia import write_neuronpedia
@@ -56,7 +58,9 @@ def attribute_prompts(
     loaded: LoadedModel, transcoders: TranscoderSet, prompts: Sequence[Prompt], *, config: AttributionConfig
 ) -> list[AttributionGraph]:
     """Tokenise and attribute prompts (short ones share backward passes: `attribution.attribute_many`);
-    each graph carries its prompt's metadata, the model's top prediction and whether it is correct."""
+    each graph carries its prompt's metadata, the model's top prediction and whether it is correct, and
+    with `config.check_faithfulness` its faithfulness scores in `params["faithfulness"]`
+    (`faithfulness.measure_faithfulness` with its default settings)."""
     tokenizer = loaded.tokenizer
     device = loaded.adapter.unembedding().device
     inputs = []
@@ -77,6 +81,9 @@ def attribute_prompts(
         graph.logit_token_strs = [tokenizer.decode([i]) for i in graph.logit_tokens.tolist()]
         top = graph.logit_token_strs[0] if graph.logit_token_strs else ""
         graph.prompt_meta.update({"top_token": top, "correct": is_correct(top, prompt.answer)})
+        if config.check_faithfulness:
+            check = measure_faithfulness(loaded.model, loaded.adapter, transcoders, graph)
+            graph.params["faithfulness"] = check.summary()
     return graphs
 
 
@@ -95,10 +102,15 @@ def iter_attribute(
     *,
     config: AttributionConfig | None = None,
     neuronpedia: bool = False,
+    keep_full: bool = False,
     show_progress: bool = True,
     summary: RunSummary | None = None,
 ) -> Iterator[tuple[Prompt, Path]]:
-    """Attribute every prompt that has no graph file yet; yield (prompt, graph file) as each is written."""
+    """Attribute every prompt that has no graph file yet; yield (prompt, graph file) as each is written.
+
+    keep_full: also store each graph's unpruned remainder, compactly (default False: the pruned graph only;
+    `graph_file`).
+    """
     config = config or AttributionConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +130,7 @@ def iter_attribute(
                 note = memory_note(graph)
                 if note is not None:
                     progress.note(f"{prompt.id}: {note}")
-                graph.save(path)
+                graph.save(path, keep_full=keep_full)
                 if neuronpedia:
                     write_neuronpedia(graph, path.with_suffix(".json"), slug=prompt.id)
                 summary.written += 1

@@ -94,7 +94,7 @@ def read_graph_rows(path: str | Path) -> GraphRows:
     if path.suffix == ".json":
         return rows_from_neuronpedia(path)
     try:
-        graph = AttributionGraph.load(path)
+        graph = AttributionGraph.load(path, unpruned=False)  # ingest reads the pruned graph only
     except ValueError as exc:  # GraphFileError
         raise IngestError(str(exc)) from None
     return rows_from_graph(graph, path=path)
@@ -133,6 +133,7 @@ class GraphLoader:
         self.progress = progress
         self.started = time.perf_counter()
         self._lock = threading.Lock()  # the summary and progress, shared by concurrent writers
+        self.status = ""  # shown after the rates on the progress line (e.g. a cluster's per-actor counts)
 
     def load_all(self, paths: Iterable[Path]) -> None:
         """Load every file, `config.writers` at a time; the first error stops the job (see `bad`)."""
@@ -181,7 +182,8 @@ class GraphLoader:
     def advance(self, n: int = 1) -> None:
         self.summary.seconds = time.perf_counter() - self.started
         if self.progress is not None:
-            self.progress.advance(n, info=f"{self.summary.rows_per_second:,.0f} rows/s")
+            rates = f"{self.summary.rows_per_second:,.0f} rows/s"
+            self.progress.advance(n, info=f"{rates} | {self.status}" if self.status else rates)
 
     def finish(self) -> IngestSummary:
         self.summary.seconds = time.perf_counter() - self.started

@@ -255,6 +255,7 @@ def rows_from_graph(graph: AttributionGraph, *, path: str | Path | None = None) 
     pid = str(meta.get("id") or prompt_id(graph.prompt, meta.get("answer")))
     texts = dict(zip(graph.input_ids, graph.input_tokens, strict=False))
     texts.update(zip(graph.logit_tokens.tolist(), graph.logit_token_strs, strict=False))
+    checked = graph.params.get("faithfulness") or {}  # engine.faithfulness scores, when the graph was checked
     head = {
         "id": graph_id(graph.transcoder_name, pid),
         "model": graph.model_name,
@@ -266,8 +267,12 @@ def rows_from_graph(graph: AttributionGraph, *, path: str | Path | None = None) 
         "correct": meta.get("correct"),
         "node_threshold": _optional_float(graph.params.get("node_threshold")),
         "edge_threshold": _optional_float(graph.params.get("edge_threshold")),
+        "faithfulness": _optional_float(checked.get("logit_agreement")),
+        "faithfulness_correlation": _optional_float(checked.get("logit_correlation")),
+        "logit_share_measured": _optional_float(checked.get("logit_share_measured")),
+        "logit_share_predicted": _optional_float(checked.get("logit_share_predicted")),
         "n_nodes_full": graph.n_nodes,
-        "n_edges_full": int(graph.edge_mask.numel()),
+        "n_edges_full": graph.n_edges_full,
         "path": str(Path(path).resolve()) if path is not None else None,
         "format": "circuitbase",
     }

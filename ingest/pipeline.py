@@ -73,6 +73,14 @@ def _produce(
     _put(items, _DONE, stop)
 
 
+def prompts_to_do(
+    driver: neo4j.Driver, prompts: Sequence[Prompt], *, transcoder_set: str, database: str = "neo4j"
+) -> list[Prompt]:
+    """The prompts whose graph under `transcoder_set` is not complete in the database (default "neo4j")."""
+    done = complete_graph_ids(driver, database=database)
+    return [p for p in prompts if graph_id(transcoder_set, p.id) not in done]
+
+
 def ingest_prompts(
     driver: neo4j.Driver,
     loaded: LoadedModel,
@@ -99,8 +107,7 @@ def ingest_prompts(
         base, model=base.model or loaded.name, transcoder_set=base.transcoder_set or transcoders.name
     )
     out_dir = Path(out_dir)
-    done = complete_graph_ids(driver, database=config.database)
-    todo = [p for p in prompts if graph_id(transcoders.name, p.id) not in done]
+    todo = prompts_to_do(driver, prompts, transcoder_set=transcoders.name, database=config.database)
 
     def body(loader: GraphLoader) -> None:
         for line in rejected:

@@ -31,14 +31,15 @@ SYNTHETIC = SyntheticConfig(n_graphs=24)
 
 @pytest.fixture(scope="module")
 def graph_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Attribution graph files of TEXTS (ids p0..p3, tags 'left' for the first two, 'right' for the rest)."""
+    """Attribution graph files of TEXTS (ids p0..p3, tags 'left' for the first two, 'right' for the rest),
+    checked for faithfulness."""
     out = tmp_path_factory.mktemp("api-graphs")
     tiny = load_model(str(FIXTURES / "tiny-llama")), TranscoderSet.load(FIXTURES / "plt-relu")
     prompts = [
         Prompt(text=t, answer=" the", tags=("left" if i < 2 else "right",), dataset="tiny", id=f"p{i}")
         for i, t in enumerate(TEXTS)
     ]
-    config = AttributionConfig(max_feature_nodes=64)
+    config = AttributionConfig(max_feature_nodes=64, check_faithfulness=True)
     for _ in iter_attribute(*tiny, prompts, out, config=config, show_progress=False):
         pass
     return sorted(out.glob("*.safetensors"))

@@ -105,6 +105,7 @@ def test_graph_matches_its_file(client: TestClient, graph_files: list[Path]) -> 
             client,
             """query($id: ID!, $k: Int!) { graph(id: $id) {
                  id correct topToken replacementScore completenessScore nNodes nEdges prompt { text tags }
+                 faithfulness faithfulnessCorrelation logitShareMeasured logitSharePredicted
                  full: view(minInfluence: -1e30, topK: $k) { nodes { node kind } edges { weight } }
                  top: view(minInfluence: -1e30, topK: 5) { edges { weight } } } }""",
             id=gid,
@@ -114,6 +115,15 @@ def test_graph_matches_its_file(client: TestClient, graph_files: list[Path]) -> 
         assert out["topToken"] == graph.prompt_meta["top_token"]
         assert out["replacementScore"] == pytest.approx(float(graph.replacement_score))
         assert out["completenessScore"] == pytest.approx(float(graph.completeness_score))
+        checked = graph.params["faithfulness"]
+        for field, key in [
+            ("faithfulness", "logit_agreement"),
+            ("faithfulnessCorrelation", "logit_correlation"),
+            ("logitShareMeasured", "logit_share_measured"),
+            ("logitSharePredicted", "logit_share_predicted"),
+        ]:
+            assert out[field] == (None if checked[key] is None else pytest.approx(checked[key])), field
+        assert out["faithfulness"] is not None
         assert out["prompt"]["text"] == graph.prompt
         assert len(out["full"]["nodes"]) == out["nNodes"] == int(graph.node_mask.sum())
         assert len(out["full"]["edges"]) == out["nEdges"] == weights.numel()
@@ -271,6 +281,23 @@ def test_nested_dashboard_query_has_no_n_plus_one(client: TestClient, counting: 
         assert len(out["graphs"]["edges"]) == n and labels
     # graphs, prompts, nodes, features: one round trip per level, whatever the page size
     assert counts == [4, 4]
+
+
+def test_words_load_in_batches(client: TestClient, counting: CountingDriver) -> None:
+    query = """query($n: Int!) {
+        subcircuits(first: $n) { edges { node { sentence edges { sourceText targetText } } } }
+        graphs(first: $n, filter: {model: "synthetic"}) { edges { node {
+          view(topK: 50) { nodes { text feature { description } } } } } } }"""
+    counts = []
+    for n in (2, 12):
+        before = counting.queries
+        out = data(client, query, n=n)
+        counts.append(counting.queries - before)
+        sentences = [e["node"]["sentence"] for e in out["subcircuits"]["edges"]]
+        texts = [nd["text"] for e in out["graphs"]["edges"] for nd in e["node"]["view"]["nodes"]]
+        assert len(out["graphs"]["edges"]) == n and all(sentences) and all(texts)
+    # subcircuits, their words (one batch per level), graphs, nodes, features, tokens: not one per item
+    assert counts[0] == counts[1] <= 7
 
 
 def test_mutations_need_a_key(client: TestClient, api_key: str, store: neo4j.Driver) -> None:

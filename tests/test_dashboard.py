@@ -32,6 +32,7 @@ from circuitbase.ingest.model import feature_key, graph_id
 from tests.api_data import FIXTURES, SYNTHETIC, TEXTS
 from tests.intervention_reference import Reference, reference
 from tests.numerics import assert_close
+from tests.planted_labels import LABEL, LABELLED, write_planted_labels
 
 pytest_plugins = ["tests.api_data"]  # the graph_files and store fixtures
 pytestmark = pytest.mark.neo4j
@@ -65,8 +66,10 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def analysed(store: neo4j.Driver) -> neo4j.Driver:
-    """The API test data after every analysis step (communities, subcircuits, similarity, hubs)."""
+    """The API test data after every analysis step (communities, subcircuits, similarity, hubs), with the
+    planted capitals circuit labelled."""
     run_analysis(store)
+    write_planted_labels(store)
     return store
 
 
@@ -275,9 +278,7 @@ def test_compare_prompt_sets(page: Page, base_url: str) -> None:
     page.select_option("#compare-a-tag", "capitals")
     page.select_option("#compare-b-tag", "arithmetic")
     shown(page, lambda: page.click("#compare-run"), "compare", "compare-tags")
-    only_a = page.eval_on_selector_all(
-        '[data-testid="unique-feature"][data-side="a"] a', "as => as.map(a => a.textContent)"
-    )
+    only_a = row_ids(page, "unique-feature", "data-key")
     capitals = {feature_key("synthetic-set", *f) for f in SYNTHETIC.circuits[0].features}
     assert capitals & set(only_a)
 
@@ -339,3 +340,70 @@ def test_graph_page_ablation_shows_the_python_functions_before_and_after(page: P
     top = strongest[0]
     changes[0] = FeatureIntervention(top["layer"], top["position"], top["featureIndex"], scale=3.0)
     _same_as(scaled, reference(*TINY, text, changes, freeze_attention=False, top=5))
+
+
+def test_subcircuit_list_reads_as_token_text_and_labels(page: Page, base_url: str) -> None:
+    goto(page, base_url, "subcircuits", "subcircuits", "subcircuits-words")
+    query = "{ subcircuits(first: 20) { edges { node { key sentence edges { sourceText targetText } } } } }"
+    expected = [e["node"] for e in api(base_url, query)["subcircuits"]["edges"]]
+    shown_sentences = page.eval_on_selector_all(
+        '[data-testid="subcircuit-sentence"]', "ps => ps.map(p => p.textContent)"
+    )
+    assert shown_sentences == [s["sentence"] for s in expected]
+    edges = page.eval_on_selector_all('[data-testid="subcircuit-edge"]', "ls => ls.map(l => l.textContent)")
+    assert edges == [f"{e['sourceText']} → {e['targetText']}" for s in expected for e in s["edges"]]
+    text = page.inner_text("#subcircuit-list")
+    assert "synthetic/" not in text and "synthetic-set/" not in text and "token " not in text
+    assert f"“{LABEL}”" in text and '"tok1" → L0 #7' in text  # the planted circuit: token text, its label
+
+
+def test_graph_view_labels_its_strongest_nodes_in_place(page: Page, base_url: str) -> None:
+    gid = graph_id("synthetic-set", "synthetic-0-0")
+    goto(page, base_url, f"graph/{quote(gid, safe='')}", "graph", "graph-labels")
+    query = """query($id: ID!) { graph(id: $id) { view(minInfluence: 0, topK: 300) {
+        nodes { node kind influence feature { description } } } } }"""
+    nodes = api(base_url, query, id=gid)["graph"]["view"]["nodes"]
+    features = sorted((n for n in nodes if n["kind"] == "FEATURE"), key=lambda n: -abs(n["influence"]))
+    labels = page.locator('[data-testid="node-label"]')
+    assert page.locator("#tooltip").is_hidden()  # nothing hovered
+    shown_labels = labels.evaluate_all("ls => ls.map(l => [l.dataset.node, l.textContent])")
+    strongest = features[:12]
+    described = {n["node"]: n["feature"]["description"] for n in strongest}
+    assert sorted(node for node, _ in shown_labels) == sorted(described)
+    for node, text in shown_labels:  # the feature in words, a long one cut short with an ellipsis
+        assert text == described[node] or (text.endswith("…") and described[node].startswith(text[:-1]))
+    assert all(labels.nth(i).is_visible() for i in range(labels.count()))
+    planted = f"{LABELLED[0]}_{LABELLED[1]}_{SYNTHETIC.n_positions - 1}"
+    assert [planted, f"L0 #7 “{LABEL}”"] in shown_labels
+
+
+def test_compare_opens_on_right_vs_wrong_with_rows_linking_to_graphs(page: Page, base_url: str) -> None:
+    goto(page, base_url, "compare", "compare", "compare-default")
+    assert page.url.endswith("#/compare?split=correct")
+    assert "right vs wrong" in page.inner_text("#compare-default")
+    out = api(
+        base_url,
+        """{ compareSets(sides: {split: "correct"}, limit: 50) {
+               nA nB features { key feature { description } } }
+             right: graphs(filter: {correct: true}, first: 50) { totalCount edges { node { id } } }
+             wrong: graphs(filter: {correct: false}, first: 50) { totalCount edges { node { id } } } }""",
+    )
+    summary = page.inner_text("#compare-summary")
+    assert f"A = correct ({out['compareSets']['nA']} graphs)" in summary
+    features = out["compareSets"]["features"]
+    assert features and row_ids(page, "compare-feature", "data-key") == [f["key"] for f in features]
+    first = page.locator('[data-testid="compare-feature"]').first
+    assert first.locator("td").first.inner_text() == features[0]["feature"]["description"]
+    for side, name in (("a", "right"), ("b", "wrong")):
+        rows = page.eval_on_selector_all(
+            f'#side-graphs-{side} [data-testid="side-graph"]', "rs => rs.map(r => r.dataset.graphId)"
+        )
+        assert rows == [e["node"]["id"] for e in out[name]["edges"]] and rows
+    # a count links to that side's prompts keeping the feature, a side's row to its graph
+    shown(page, lambda: first.locator('[data-testid="side-link"]').first.click(), "prompts")
+    assert "correct=true" in page.url and "feature=" in page.url
+    goto(page, base_url, "compare", "compare")
+    target = page.locator('#side-graphs-b [data-testid="side-graph"]').first
+    gid = target.get_attribute("data-graph-id")
+    shown(page, lambda: target.locator("a").click(), "graph")
+    assert page.url.endswith("#/graph/" + quote(gid, safe=""))

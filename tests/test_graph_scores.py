@@ -1,4 +1,4 @@
-"""Completeness and replacement scores at their two ends, and the graph file round trip and export.
+"""Completeness and replacement scores at their two ends (graph files: test_graph_files.py).
 
 - Perfect transcoders: a GPT-2 whose MLP uses ReLU *is* a ReLU transcoder (W_enc = c_fc, W_dec = c_proj),
   so every error node is zero and both scores are 1.
@@ -15,8 +15,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from circuitbase.engine.adapters import adapter_for
 from circuitbase.engine.attribution import AttributionConfig, attribute
-from circuitbase.engine.graph import AttributionGraph
-from circuitbase.engine.neuronpedia import to_neuronpedia
 from circuitbase.engine.transcoder_io import TranscoderConfig, TranscoderWeights
 from circuitbase.engine.transcoders import TranscoderSet
 
@@ -107,22 +105,3 @@ def test_error_only_model_scores_zero(device: torch.device):
     assert float(from_errors.abs().max()) > 0
     # token -> logit edges are float32 rounding noise next to the error -> logit ones
     assert float(from_tokens.abs().max()) <= 1e-5 * float(from_errors.abs().max())
-
-
-def test_graph_file_round_trip(tmp_path, device: torch.device):
-    model = _relu_gpt2().to(device)
-    transcoders = _perfect_transcoders(model)
-    graph = attribute(
-        model, adapter_for(model), transcoders, _ids(device), config=AttributionConfig(max_feature_nodes=20)
-    )
-    path = graph.save(tmp_path / "g.safetensors")
-    loaded = AttributionGraph.load(path)
-    assert loaded.n_nodes == graph.n_nodes
-    assert torch.equal(loaded.dense_adjacency(), graph.dense_adjacency())
-    assert torch.equal(loaded.edge_mask, graph.edge_mask)
-    assert torch.equal(loaded.node_mask, graph.node_mask)
-    assert loaded.params == graph.params
-    assert 0 < int(graph.edge_mask.sum()) < graph.adjacency.coalesce().values().numel()
-    exported = to_neuronpedia(loaded, slug="g")
-    assert len(exported["nodes"]) == int(graph.node_mask.sum())
-    assert len(exported["links"]) == int(graph.edge_mask.sum())

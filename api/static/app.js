@@ -1,10 +1,15 @@
 // The circuitbase dashboard: one page, hash routes, every datum from the public GraphQL API at /graphql.
-//   #/prompts?tag=&correct=          prompts with filters; a row opens its graph
-//   #/graph/<id>?minInfluence=&topK= the attribution graph, layered: tokens at the bottom, logits on top;
-//                                    pick feature nodes, zero/scale/set them, see the top tokens before and after
+//   #/prompts?tag=&correct=&feature= prompts with filters; a row opens its graph
+//   #/graph/<id>?minInfluence=&topK= the attribution graph, layered: tokens at the bottom, logits on top, its
+//                                    strongest features labelled in place; pick feature nodes, zero/scale/set
+//                                    them, see the top tokens before and after
 //   #/feature/<key>                  where a feature recurs, what drives it and what it drives
-//   #/subcircuits                    recurring subcircuits by rank (total influence), with the prompts they occur in
-//   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side (&fdr=, 0.05)
+//   #/subcircuits                    recurring subcircuits by rank (total influence) as sentences, with the
+//                                    prompts they occur in
+//   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side (&fdr=, 0.05);
+//                                    without sides: right vs wrong when graphs have correctness, else the two
+//                                    largest tags
+// Nodes read as words the API makes (GraphNode.text, Feature.description, Subcircuit.sentence).
 // When a view has rendered, #view gets data-ready=<view name> (tests wait on it).
 "use strict";
 
@@ -76,7 +81,9 @@ function parseHash() {
 
 function go(name, params) {
   const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v !== null && v !== undefined));
-  location.hash = `#/${name}${query.toString() ? "?" + query : ""}`;
+  const hash = `#/${name}${query.toString() ? "?" + query : ""}`;
+  if (location.hash === hash) route(); // the same page again (e.g. the Compare page's default sides): no hashchange
+  else location.hash = hash;
 }
 
 async function loadPrompts(filter) {
@@ -104,10 +111,10 @@ async function models() {
   return modelNames;
 }
 
-/** A feature key as a link to its page; a token key ('<model>/<id>') as plain text. */
-function keyLink(key, names) {
+/** A node's words (`text`) linked to its feature page by `key`; a token key ('<model>/<id>') as plain text. */
+function keyLink(key, names, text) {
   const isToken = names.some((m) => key.startsWith(`${m}/`) && /^\d+$/.test(key.slice(m.length + 1)));
-  return isToken ? el("span", { class: "token-key" }, `token ${key}`) : featureLink(key);
+  return isToken ? el("span", { class: "token-key", title: key }, text) : featureLink(key, text);
 }
 
 const tagsOf = (prompts) => [...new Set(prompts.flatMap((p) => p.tags))].sort();
@@ -125,11 +132,13 @@ function select(id, options, value, attrs = {}) {
 async function showPrompts(params) {
   const tag = params.get("tag") ?? "";
   const correct = params.get("correct") ?? "";
+  const feature = params.get("feature") ?? "";
   const filter = {};
   if (tag) filter.tag = tag;
   if (correct) filter.correct = correct === "true";
+  if (feature) filter.feature = feature;
   const [every, prompts] = await Promise.all([everyPrompt(), loadPrompts(Object.keys(filter).length ? filter : null)]);
-  const apply = () => go("prompts", { tag: $("#filter-tag").value, correct: $("#filter-correct").value });
+  const apply = () => go("prompts", { tag: $("#filter-tag").value, correct: $("#filter-correct").value, feature });
   const rows = prompts.map((p) => {
     const graph = p.graphs[0];
     return el(
@@ -155,6 +164,9 @@ async function showPrompts(params) {
         "prediction ",
         select("filter-correct", [["", "any"], ["true", "correct"], ["false", "incorrect"]], correct, { onchange: apply }),
       ),
+      feature
+        ? el("span", { id: "filter-feature", "data-testid": "filter-feature" }, "keeping feature ", featureLink(feature), " ", el("a", { href: "#", onclick: (e) => { e.preventDefault(); go("prompts", { tag, correct }); } }, "(any)"))
+        : null,
       el("span", { id: "prompt-count", "data-testid": "prompt-count" }, `${prompts.length} prompts`),
     ),
     table("prompt-table", ["id", "text", "tags", "prediction", "", "graphs"], rows),
@@ -167,10 +179,10 @@ const GRAPH_QUERY = `query($id: ID!, $minInfluence: Float!, $topK: Int!) { graph
   id model transcoderSet promptId promptText topToken correct replacementScore completenessScore nNodes nEdges
   prompt { tokens }
   view(minInfluence: $minInfluence, topK: $topK) {
-    nodes { node kind layer position featureIndex influence activation probability
-            feature { key label topContexts } token { text } }
+    nodes { node kind layer position featureIndex influence activation probability text
+            feature { key label description topContexts } token { text } }
     edges { source target weight } }
-  subcircuits { subcircuit { key rank support } weight }
+  subcircuits { subcircuit { key rank support sentence } weight }
   similar(limit: 5) { graphId text score } } }`;
 
 /** Node positions: x by token position (a column per position, wide enough for its fullest cell), y by layer. */
@@ -205,15 +217,19 @@ function layout(nodes, nPositions) {
   return { at, width: lefts[nPositions - 1] + widths[nPositions - 1] + 20, height, lefts, widths, minLayer, maxLayer, rowHeight };
 }
 
+/** A node in words (the API's GraphNode.text: label or logit-lens tokens, layer and position). */
 function nodeLabel(n) {
-  if (n.kind === "FEATURE") return n.feature?.label || n.feature?.key || n.node;
-  if (n.kind === "TOKEN" || n.kind === "LOGIT") return JSON.stringify(n.token?.text ?? "");
-  return `error L${n.layer} @${n.position}`;
+  return n.text ?? n.node;
 }
+
+const LABELLED_NODES = 12; // feature nodes labelled in place, strongest influence first
+const LABEL_ROOM = 240; // px right of the last column, for the labels of its nodes
+const shorten = (text, n = 48) => (text.length > n ? `${text.slice(0, n - 1)}…` : text);
 
 function showTooltip(event, n) {
   tooltip.replaceChildren(
     el("div", { class: "tt-title" }, `${n.kind.toLowerCase()}: ${nodeLabel(n)}`),
+    n.feature?.label ? el("div", {}, `label “${n.feature.label}”`) : null,
     n.feature ? el("div", {}, `key ${n.feature.key}`) : null,
     el("div", {}, `layer ${n.layer}, position ${n.position}`),
     n.activation !== null ? el("div", {}, `activation ${fmt(n.activation)}`) : null,
@@ -233,7 +249,8 @@ function drawGraph(graph, onFeature = (n) => go(`feature/${encodeURIComponent(n.
   const nodes = graph.view.nodes;
   const nPositions = Math.max(graph.prompt?.tokens.length ?? 0, ...nodes.map((n) => n.position + 1));
   const box = layout(nodes, nPositions);
-  const svg = svgEl("svg", { id: "graph-svg", "data-testid": "graph-svg", width: box.width, height: box.height, viewBox: `0 0 ${box.width} ${box.height}` });
+  const width = box.width + LABEL_ROOM;
+  const svg = svgEl("svg", { id: "graph-svg", "data-testid": "graph-svg", width, height: box.height, viewBox: `0 0 ${width} ${box.height}` });
   for (let layer = box.minLayer; layer <= box.maxLayer; layer++) {
     const y = box.height - 60 - (layer - box.minLayer) * box.rowHeight;
     svg.append(svgEl("line", { class: "grid", x1: 50, x2: box.width - 10, y1: y, y2: y }));
@@ -285,7 +302,24 @@ function drawGraph(graph, onFeature = (n) => go(`feature/${encodeURIComponent(n.
     });
     svg.append(circle);
   }
+  svg.append(nodeLabels(nodes, box.at));
   return svg;
+}
+
+/** Labels in place for the LABELLED_NODES feature nodes of largest influence: their feature in words. */
+function nodeLabels(nodes, at) {
+  const group = svgEl("g", { class: "node-labels" });
+  const strongest = nodes
+    .filter((n) => n.kind === "FEATURE" && n.feature)
+    .sort((a, b) => Math.abs(b.influence ?? 0) - Math.abs(a.influence ?? 0))
+    .slice(0, LABELLED_NODES);
+  for (const n of strongest) {
+    const p = at.get(n.node);
+    const label = svgEl("text", { class: "node-label", "data-testid": "node-label", "data-node": n.node, x: p.x + 7, y: p.y - 7, transform: `rotate(-30 ${p.x + 7} ${p.y - 7})` });
+    label.textContent = shorten(n.feature.description);
+    group.append(label);
+  }
+  return group;
 }
 
 async function showGraph(id, params) {
@@ -323,7 +357,7 @@ async function showGraph(id, params) {
         {},
         el("h2", {}, "Subcircuits here"),
         graph.subcircuits.length
-          ? el("ul", {}, graph.subcircuits.map((s) => el("li", {}, `#${s.subcircuit?.rank} (support ${s.subcircuit?.support}), weight ${fmt(s.weight)}`)))
+          ? el("ul", { id: "graph-subcircuits" }, graph.subcircuits.map((s) => el("li", { "data-testid": "graph-subcircuit" }, el("a", { href: "#/subcircuits" }, `#${s.subcircuit?.rank}`), ` ${s.subcircuit?.sentence ?? ""} (support ${s.subcircuit?.support}, weight ${fmt(s.weight)})`)))
           : el("p", { class: "muted" }, "none"),
       ),
       el(
@@ -364,7 +398,7 @@ function interventionPanel(graph) {
     return el(
       "tr",
       { "data-testid": "intervene-pick", "data-node": n.node },
-      el("td", {}, featureLink(n.feature.key, nodeLabel(n))),
+      el("td", {}, featureLink(n.feature.key, n.feature.description)),
       el("td", {}, `L${n.layer} @${n.position}${token}`),
       el("td", { class: "num" }, fmt(n.activation)),
       el("td", {}, op, " ", amount),
@@ -456,9 +490,9 @@ function interventionResult(out) {
 // ---------------------------------------------------------------------------------------- feature
 
 const FEATURE_QUERY = `query($key: ID!) { feature(key: $key) {
-  key transcoderSet layer index label density topContexts promotedTokens community pagerank
+  key transcoderSet layer index label description density topContexts promotedTokens community pagerank
   graphs(limit: 50) { graphId promptId text correct influence activation positions }
-  neighbours(limit: 50) { direction key kind graphs sum sumAbs feature { label } }
+  neighbours(limit: 50) { direction key kind graphs sum sumAbs text }
   supernodes { key name } } }`;
 
 function neighbourTable(testid, neighbours) {
@@ -466,13 +500,12 @@ function neighbourTable(testid, neighbours) {
     el(
       "tr",
       { "data-testid": "neighbour-row", "data-key": n.key },
-      el("td", {}, n.kind === "Feature" ? featureLink(n.key) : n.key),
-      el("td", {}, n.feature?.label ?? ""),
+      el("td", {}, n.kind === "Feature" ? featureLink(n.key, n.text) : el("span", { class: "token-key", title: n.key }, n.text)),
       el("td", { class: "num" }, n.graphs),
       el("td", { class: `num ${n.sum >= 0 ? "pos" : "neg"}` }, fmt(n.sum)),
     ),
   );
-  return rows.length ? table(testid, ["key", "label", "graphs", "summed weight"], rows) : el("p", { id: testid, class: "muted" }, "none");
+  return rows.length ? table(testid, ["node", "graphs", "summed weight"], rows) : el("p", { id: testid, class: "muted" }, "none");
 }
 
 async function showFeature(key) {
@@ -492,7 +525,7 @@ async function showFeature(key) {
   const drives = f.neighbours.filter((n) => n.direction === "in");
   const driven = f.neighbours.filter((n) => n.direction === "out");
   return [
-    el("h1", {}, "Feature ", el("code", { id: "feature-key", "data-testid": "feature-key" }, f.key)),
+    el("h1", {}, el("span", { id: "feature-description", "data-testid": "feature-description" }, f.description), " ", el("code", { id: "feature-key", "data-testid": "feature-key" }, f.key)),
     el(
       "p",
       { class: "meta" },
@@ -514,7 +547,7 @@ async function showFeature(key) {
 // ---------------------------------------------------------------------------------------- subcircuits
 
 const SUBCIRCUITS_QUERY = `query($after: String) { subcircuits(first: 20, after: $after) {
-  edges { node { key rank support supportFraction influence weight edges { source target }
+  edges { node { key rank support supportFraction influence weight sentence edges { source target sourceText targetText }
                  occurrences(limit: 25) { graphId weight graph { promptId promptText correct } } } }
   pageInfo { hasNextPage endCursor } } }`;
 
@@ -525,11 +558,12 @@ async function showSubcircuits() {
       "article",
       { class: "card", "data-testid": "subcircuit", "data-key": s.key, "data-support": s.support, "data-rank": s.rank },
       el("h3", {}, `#${s.rank} · support ${s.support} (${(100 * s.supportFraction).toFixed(0)}% of graphs) · influence ${fmt(s.influence)}`),
+      el("p", { class: "sentence", "data-testid": "subcircuit-sentence" }, s.sentence),
       el(
         "details",
         { open: s.edges.length <= 6 },
         el("summary", {}, `${s.edges.length} edges`),
-        el("ul", { class: "edges-list" }, s.edges.map((e) => el("li", {}, keyLink(e.source, names), " → ", keyLink(e.target, names)))),
+        el("ul", { class: "edges-list" }, s.edges.map((e) => el("li", { "data-testid": "subcircuit-edge" }, keyLink(e.source, names, e.sourceText), " → ", keyLink(e.target, names, e.targetText)))),
       ),
       el(
         "ul",
@@ -551,14 +585,28 @@ async function showSubcircuits() {
 
 const COMPARE_PROMPTS_QUERY = `query($ids: [ID!]!) { comparePrompts(promptIds: $ids) {
   graphIds graphs { id promptId promptText correct topToken }
-  features(limit: 100) { key graphs shared uniqueTo influence feature { label } }
-  subcircuits(limit: 50) { key shared weight subcircuit { rank support } } } }`;
+  features(limit: 100) { key graphs shared uniqueTo influence feature { description } }
+  subcircuits(limit: 50) { key shared weight subcircuit { rank support sentence } } } }`;
 
 const COMPARE_SETS_QUERY = `query($sides: SidesInput!, $fdr: Float!) { compareSets(sides: $sides, limit: 50, fdr: $fdr) {
   a b nA nB within fdr featuresTested featuresPassing fullyConfounded
   strata { name nA nB oneSided } confoundedTags { name nA nB }
-  features { key label kA nA kB nB pA pB diff mhDiff testZ qValue }
-  uniqueFeatures(limit: 50) { key side graphsA graphsB meanInfluence } } }`;
+  features { key kA nA kB nB pA pB diff mhDiff testZ qValue feature { description } }
+  uniqueFeatures(limit: 50) { key side graphsA graphsB meanInfluence feature { description } } } }`;
+
+const SIDE_GRAPHS_QUERY = `query($f: GraphFilterInput!) { graphs(filter: $f, first: ${PAGE}) {
+  totalCount edges { node { id promptId promptText topToken correct } } } }`;
+
+/** The sides the page opens on without any: right vs wrong when graphs of both kinds exist, else the two
+ *  tags carried by the most prompts (null when there are fewer than two). */
+function defaultSides(prompts) {
+  const graphs = prompts.flatMap((p) => p.graphs);
+  if (graphs.some((g) => g.correct === true) && graphs.some((g) => g.correct === false)) return { split: "correct" };
+  const counts = new Map();
+  for (const t of prompts.flatMap((p) => p.tags)) counts.set(t, (counts.get(t) ?? 0) + 1);
+  const largest = [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).map(([t]) => t);
+  return largest.length >= 2 ? { aTag: largest[0], bTag: largest[1] } : null;
+}
 
 function compareForm(params, prompts) {
   const ids = prompts.map((p) => [p.id, `${p.id}: ${p.text.slice(0, 40)}`]);
@@ -603,8 +651,7 @@ async function comparePrompts(a, b) {
     return el(
       "tr",
       { class: cls, "data-testid": "compare-feature", "data-key": f.key, "data-shared": String(f.shared) },
-      el("td", {}, featureLink(f.key)),
-      el("td", {}, f.feature?.label ?? ""),
+      el("td", {}, featureLink(f.key, f.feature?.description)),
       el("td", { class: "num" }, fmt(f.influence[0])),
       el("td", { class: "num" }, fmt(f.influence[1])),
       el("td", {}, el("span", { class: `badge ${cls}` }, cls === "shared" ? "shared" : cls === "only-a" ? "only A" : "only B")),
@@ -620,9 +667,9 @@ async function comparePrompts(a, b) {
       ),
     ),
     el("p", { id: "compare-summary", "data-testid": "compare-summary" }, `${shared} shared features, ${out.features.length - shared} in one prompt only (of the ${out.features.length} listed)`),
-    table("compare-features", ["feature", "label", "influence A", "influence B", ""], rows),
+    table("compare-features", ["feature", "influence A", "influence B", ""], rows),
     out.subcircuits.length
-      ? el("section", {}, el("h2", {}, "Subcircuits"), el("ul", {}, out.subcircuits.map((s) => el("li", { class: presenceClass(s.weight.map((w) => w !== null)) }, `#${s.subcircuit?.rank} (support ${s.subcircuit?.support}): weight A ${fmt(s.weight[0])}, B ${fmt(s.weight[1])}`))))
+      ? el("section", {}, el("h2", {}, "Subcircuits"), el("ul", {}, out.subcircuits.map((s) => el("li", { class: presenceClass(s.weight.map((w) => w !== null)) }, `#${s.subcircuit?.rank} ${s.subcircuit?.sentence ?? ""} (support ${s.subcircuit?.support}): weight A ${fmt(s.weight[0])}, B ${fmt(s.weight[1])}`))))
       : null,
   ];
 }
@@ -636,17 +683,45 @@ function strataNotes(out) {
   return notes.map((n) => el("p", { class: "muted", "data-testid": "compare-note" }, n));
 }
 
+/** The graph filters of sides A and B (as the prompts page takes them). */
+function sideFilters(sides) {
+  if (sides.split === "correct") return [{ correct: "true" }, { correct: "false" }];
+  return [{ tag: sides.aTag }, { tag: sides.bTag }];
+}
+
+/** "k/n" linked to the prompts of one side that keep `key` (each of their rows opens its graph). */
+function sideLink(filter, key, k, n) {
+  return el("a", { href: `#/prompts?${new URLSearchParams({ ...filter, feature: key })}`, "data-testid": "side-link" }, `${k}/${n}`);
+}
+
+/** A side's graphs as a table of links to the graph pages (the first PAGE of them). */
+async function sideGraphs(side, name, filter) {
+  const f = filter.correct ? { correct: filter.correct === "true" } : { tag: filter.tag };
+  const out = (await gql(SIDE_GRAPHS_QUERY, { f })).graphs;
+  const rows = out.edges.map(({ node: g }) =>
+    el(
+      "tr",
+      { "data-testid": "side-graph", "data-graph-id": g.id },
+      el("td", {}, graphLink(g.id, g.promptText)),
+      el("td", {}, JSON.stringify(g.topToken ?? "")),
+      el("td", {}, correctBadge(g.correct)),
+    ),
+  );
+  const more = out.totalCount > rows.length ? ` (first ${rows.length} of ${out.totalCount})` : ` (${out.totalCount})`;
+  return el("section", { class: `side side-${side}` }, el("h3", {}, `${side.toUpperCase()} = ${name}${more}`), table(`side-graphs-${side}`, ["prompt", "predicts", ""], rows));
+}
+
 async function compareSets(sides, fdr) {
   const out = (await gql(COMPARE_SETS_QUERY, { sides, fdr })).compareSets;
+  const [filterA, filterB] = sideFilters(sides);
   const rows = out.features.map((f) => {
     const cls = presenceClass([f.kA > 0, f.kB > 0]);
     return el(
       "tr",
       { class: cls, "data-testid": "compare-feature", "data-key": f.key, "data-shared": String(cls === "shared") },
-      el("td", { style: "white-space: nowrap" }, featureLink(f.key)),
-      el("td", {}, f.label ?? ""),
-      el("td", { class: "num" }, `${f.kA}/${f.nA}`),
-      el("td", { class: "num" }, `${f.kB}/${f.nB}`),
+      el("td", {}, featureLink(f.key, f.feature?.description)),
+      el("td", { class: "num" }, sideLink(filterA, f.key, f.kA, f.nA)),
+      el("td", { class: "num" }, sideLink(filterB, f.key, f.kB, f.nB)),
       el("td", { class: `num ${f.diff >= 0 ? "pos" : "neg"}` }, fmt(f.diff, 2)),
       el("td", { class: `num ${f.mhDiff >= 0 ? "pos" : "neg"}` }, fmt(f.mhDiff, 2)),
       el("td", { class: "num" }, fmt(f.testZ, 2)),
@@ -654,25 +729,44 @@ async function compareSets(sides, fdr) {
     );
   });
   const unique = out.uniqueFeatures.map((u) =>
-    el("li", { class: u.side === "a" ? "only-a" : "only-b", "data-testid": "unique-feature", "data-side": u.side }, featureLink(u.key), ` only in ${u.side.toUpperCase()} (${u.side === "a" ? u.graphsA : u.graphsB} graphs)`),
+    el(
+      "li",
+      { class: u.side === "a" ? "only-a" : "only-b", "data-testid": "unique-feature", "data-side": u.side, "data-key": u.key },
+      featureLink(u.key, u.feature?.description),
+      " only in ",
+      sideLink(u.side === "a" ? filterA : filterB, u.key, u.side === "a" ? u.graphsA : u.graphsB, u.side === "a" ? out.nA : out.nB),
+      ` graphs of ${u.side.toUpperCase()}`,
+    ),
   );
+  const graphs = await Promise.all([sideGraphs("a", out.a, filterA), sideGraphs("b", out.b, filterB)]);
   return [
     el("p", { id: "compare-summary", "data-testid": "compare-summary" }, `A = ${out.a} (${out.nA} graphs) vs B = ${out.b} (${out.nB} graphs), within ${out.within}: ${out.featuresTested} features tested, ${out.featuresPassing} with q < ${out.fdr}`),
     ...strataNotes(out),
-    table("compare-features", ["feature", "label", "in A", "in B", "pA − pB", "MH diff", "z (CMH)", "q (BH)"], rows),
+    table("compare-features", ["feature", "in A", "in B", "pA − pB", "MH diff", "z (CMH)", "q (BH)"], rows),
     el("h2", {}, "Seen on one side only"),
     unique.length ? el("ul", { id: "unique-features" }, unique) : el("p", { class: "muted" }, "none"),
+    el("h2", {}, "The graphs of each side"),
+    el("div", { class: "columns" }, graphs),
   ];
 }
 
 async function showCompare(params) {
   const prompts = await everyPrompt();
+  let opened = null;
+  if (![...params.keys()].some((k) => ["a", "b", "split", "aTag", "bTag"].includes(k))) {
+    const sides = defaultSides(prompts);
+    if (sides) {
+      for (const [k, v] of Object.entries(sides)) params.set(k, v);
+      history.replaceState(null, "", `#/compare?${params}`);
+      opened = el("p", { class: "muted", id: "compare-default", "data-testid": "compare-default" }, sides.split ? "Opened on right vs wrong answers; pick other sides above." : `Opened on the two largest tags, ${sides.aTag} vs ${sides.bTag}; pick other sides above.`);
+    }
+  }
   let result = [el("p", { class: "muted" }, "Pick two prompts or two prompt sets.")];
   const fdr = Number(params.get("fdr") ?? 0.05);
   if (params.get("a") && params.get("b")) result = await comparePrompts(params.get("a"), params.get("b"));
   else if (params.get("split")) result = await compareSets({ split: params.get("split") }, fdr);
   else if (params.get("aTag") && params.get("bTag")) result = await compareSets({ aTag: params.get("aTag"), bTag: params.get("bTag") }, fdr);
-  return [el("h1", {}, "Compare"), compareForm(params, prompts), ...result];
+  return [el("h1", {}, "Compare"), compareForm(params, prompts), opened, ...result];
 }
 
 // ---------------------------------------------------------------------------------------- router

@@ -7,12 +7,23 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from circuitbase.commands.cluster import (
+    RayActors,
+    RayAddress,
+    RayCpuActors,
+    RayCpusPerActor,
+    RayGpusPerActor,
+    RayInFlight,
+    RayOptions,
+    attribute_on_cluster,
+)
 from circuitbase.commands.common import (
     MODEL_HELP,
     TRANSCODERS_HELP,
     BatchSize,
     Device,
     EdgeThreshold,
+    Faithfulness,
     MaxFeatureNodes,
     MaxRowMemory,
     NodeThreshold,
@@ -41,8 +52,21 @@ def attribute_command(
     edge_threshold: EdgeThreshold = 0.98,
     max_row_memory_mb: MaxRowMemory = 4096,
     dtype: Precision = "float32",
+    faithfulness: Faithfulness = True,
     neuronpedia: bool = typer.Option(True, help="Also write each graph as Neuronpedia graph JSON."),
+    keep_full: bool = typer.Option(
+        False,
+        "--keep-full",
+        help="Also keep each graph's unpruned remainder (float16 values, within 2^-11 relative; about 3 "
+        "bytes an edge). By default a file holds the pruned graph exactly and only counts the rest.",
+    ),
     skip_bad: bool = typer.Option(False, help="Skip malformed prompt lines (listed at the end)."),
+    ray: RayAddress = None,
+    ray_actors: RayActors = 0,
+    ray_gpus_per_actor: RayGpusPerActor = 1.0,
+    ray_cpu_actors: RayCpuActors = 0,
+    ray_cpus_per_actor: RayCpusPerActor = 1,
+    ray_in_flight: RayInFlight = 2,
 ) -> None:
     """Compute one attribution graph per prompt and write it to OUT."""
     from circuitbase.engine.prompts import read_prompts
@@ -50,27 +74,38 @@ def attribute_command(
 
     with fail_on(console):
         prompt_set = read_prompts(prompts, skip_bad=skip_bad)
-        loaded, transcoder_set, _folder = load_model_and_transcoders(
-            model, transcoders, device=device, precision=dtype
-        )
         config = attribution_config(
             batch_size=batch_size,
             max_feature_nodes=max_feature_nodes,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
             max_row_memory_mb=max_row_memory_mb,
+            check_faithfulness=faithfulness,
         )
         summary = RunSummary()
-        for _ in iter_attribute(
-            loaded,
-            transcoder_set,
-            prompt_set.prompts,
-            out,
-            config=config,
-            neuronpedia=neuronpedia,
-            summary=summary,
-        ):
-            pass
+        if ray is not None:
+            attribute_on_cluster(
+                RayOptions(
+                    ray, ray_actors, ray_gpus_per_actor, ray_cpu_actors, ray_cpus_per_actor, ray_in_flight
+                ),
+                prompt_set.prompts, out, config=config, neuronpedia=neuronpedia, summary=summary, model=model,
+                transcoders=transcoders, device=device, precision=dtype, console=console,
+            )  # fmt: skip
+        else:
+            loaded, transcoder_set, _folder = load_model_and_transcoders(
+                model, transcoders, device=device, precision=dtype
+            )
+            for _ in iter_attribute(
+                loaded,
+                transcoder_set,
+                prompt_set.prompts,
+                out,
+                config=config,
+                neuronpedia=neuronpedia,
+                keep_full=keep_full,
+                summary=summary,
+            ):
+                pass
         console.print(
             f"{summary.written} graphs written, {summary.skipped} already there, "
             f"{summary.graphs_per_second:.2f} graphs/s -> {out}"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from circuitbase.engine.attribution import AttributionConfig
@@ -26,7 +27,7 @@ def fail_on(console: Console) -> Iterator[None]:
     try:
         yield
     except (ValueError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")  # the message is text, not markup
         raise typer.Exit(1) from None
 
 
@@ -74,6 +75,16 @@ MaxRowMemory = Annotated[
     ),
 ]
 
+Faithfulness = Annotated[
+    bool,
+    typer.Option(
+        "--faithfulness/--no-faithfulness",
+        help="Check each graph on the real model: ablate its 10 most influential features one at a time "
+        "and in groups and compare the target logit's change with the graph's prediction (about 14 "
+        "forward passes per graph; stored in the graph's params and on :Graph).",
+    ),
+]
+
 
 def attribution_config(
     *,
@@ -82,6 +93,7 @@ def attribution_config(
     node_threshold: float,
     edge_threshold: float,
     max_row_memory_mb: int,
+    check_faithfulness: bool = False,
 ) -> AttributionConfig:
     from circuitbase.engine.attribution import AttributionConfig
 
@@ -91,4 +103,5 @@ def attribution_config(
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
         max_row_memory_mb=max_row_memory_mb,
+        check_faithfulness=check_faithfulness,
     )

@@ -11,12 +11,23 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from circuitbase.commands.cluster import (
+    RayActors,
+    RayAddress,
+    RayCpuActors,
+    RayCpusPerActor,
+    RayGpusPerActor,
+    RayInFlight,
+    RayOptions,
+    ingest_on_cluster,
+)
 from circuitbase.commands.common import (
     MODEL_HELP,
     TRANSCODERS_HELP,
     BatchSize,
     Device,
     EdgeThreshold,
+    Faithfulness,
     MaxFeatureNodes,
     MaxRowMemory,
     NodeThreshold,
@@ -138,6 +149,7 @@ def ingest_command(
     edge_threshold: EdgeThreshold = 0.98,
     max_row_memory_mb: MaxRowMemory = 4096,
     dtype: Precision = "float32",
+    faithfulness: Faithfulness = True,
     queue_size: int = typer.Option(8, help="Graphs attribution may run ahead of the database writer."),
     writers: int = typer.Option(
         1, min=1, help="Graphs written at once, each in its own transaction (deadlocks are retried)."
@@ -152,6 +164,12 @@ def ingest_command(
         help="With --graphs: first load into the EMPTY local --instance with neo4j-admin import "
         "(stops and restarts it).",
     ),
+    ray: RayAddress = None,
+    ray_actors: RayActors = 0,
+    ray_gpus_per_actor: RayGpusPerActor = 1.0,
+    ray_cpu_actors: RayCpuActors = 0,
+    ray_cpus_per_actor: RayCpusPerActor = 1,
+    ray_in_flight: RayInFlight = 2,
 ) -> None:
     """Load attribution graphs into Neo4j as one resumable job (complete graphs are skipped)."""
     from circuitbase.ingest.loader import IngestConfig, graph_files, ingest_files
@@ -204,17 +222,29 @@ def ingest_command(
                 raise ValueError("attributing prompts needs --model (and --transcoders, or its default set)")
             assert prompts is not None
             prompt_set = read_prompts(prompts, skip_bad=skip_bad)
-            loaded, transcoder_set, folder = load_model_and_transcoders(
-                model, transcoders, device=device, precision=dtype
-            )
-            config = replace(config, labels=labels_for(str(folder)))
             attribution = attribution_config(
                 batch_size=batch_size,
                 max_feature_nodes=max_feature_nodes,
                 node_threshold=node_threshold,
                 edge_threshold=edge_threshold,
                 max_row_memory_mb=max_row_memory_mb,
+                check_faithfulness=faithfulness,
             )
+            if ray is not None:
+                summary = ingest_on_cluster(
+                    RayOptions(
+                        ray, ray_actors, ray_gpus_per_actor, ray_cpu_actors, ray_cpus_per_actor, ray_in_flight
+                    ),
+                    prompt_set, graphs_out, settings=settings, config=config, attribution=attribution,
+                    model=model, transcoders=transcoders, device=device, precision=dtype, progress=progress,
+                    console=console,
+                )  # fmt: skip
+                _print_summary(summary)
+                return
+            loaded, transcoder_set, folder = load_model_and_transcoders(
+                model, transcoders, device=device, precision=dtype
+            )
+            config = replace(config, labels=labels_for(str(folder)))
             with open_driver(settings) as driver:
                 apply_schema(driver, database=settings.database)
                 summary = ingest_prompts(
