@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from circuitbase.engine.adapters import adapter_for
 from circuitbase.engine.attribution import AttributionConfig, attribute
@@ -42,20 +42,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "circuit-tracer-format"
 
 
 def _split_relu_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=96,
-        n_positions=32,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        activation_function="relu",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=False,
-    )
-    model = GPT2LMHeadModel(config).eval()
+    model = _relu_gpt2(tie_word_embeddings=False)
     half = 16
     with torch.no_grad():
         model.transformer.wte.weight[:, half:] = 0

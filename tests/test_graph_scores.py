@@ -22,7 +22,8 @@ IDS = (5, 17, 33, 8, 61, 9, 40, 12)
 EVERYTHING = AttributionConfig(max_feature_nodes=None, batch_size=16)
 
 
-def _relu_gpt2() -> GPT2LMHeadModel:
+def _relu_gpt2(*, tie_word_embeddings: bool = True) -> GPT2LMHeadModel:
+    """A 2-layer ReLU GPT-2 (d_model 32, seed 0): its MLPs are exact per-layer transcoders."""
     torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=96,
@@ -34,6 +35,7 @@ def _relu_gpt2() -> GPT2LMHeadModel:
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        tie_word_embeddings=tie_word_embeddings,
     )
     return GPT2LMHeadModel(config).eval()
 
