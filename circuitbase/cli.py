@@ -8,6 +8,7 @@ import typer
 from circuitbase.commands import (
     analyze,
     attribute,
+    contrast,
     db,
     demo,
     ingest,
@@ -30,6 +31,7 @@ app.add_typer(neo4j.app, name="neo4j")
 app.add_typer(db.app, name="db")
 app.command("attribute")(attribute.attribute_command)
 app.command("intervene")(intervene.intervene_command)
+app.command("contrast")(contrast.contrast_command)
 app.add_typer(transcoders.app, name="transcoders")
 app.command("ingest")(ingest.ingest_command)
 app.command("analyze")(analyze.analyze_command)
