@@ -54,7 +54,7 @@ FAMILIES = {
         d_transcoder=512, per_token=32, input_hook="ln2.hook_normalized", output_hook="hook_mlp_out"
     ),
     "smollm2": Family(d_transcoder=4096, per_token=100),
-    "gemma2-2b-shape": Family(  # calibrated to 50 on the corpus, it fires ~100-150 on the bench paragraph
+    "gemma2-2b-shape": Family(  # calibrated to 50 on the corpus, it fires ~190 on the bench paragraph
         d_transcoder=16384,
         per_token=50,
         input_hook="ln2.hook_normalized",
