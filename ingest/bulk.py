@@ -285,9 +285,6 @@ class CsvExport:
         self._write_relationships(
             "OF_PROMPT", "Graph", "Prompt", ((g, str(v["prompt"])) for g, v in self.graphs.items())
         )
-        self._write_relationships(
-            "USES", "Graph", "TranscoderSet", ((g, v["transcoder_set"]) for g, v in self.graphs.items())
-        )
         by_labels: dict[tuple[str, str], list[tuple]] = {}
         for (source, target, s, t), acc in self.aggregate.items():
             by_labels.setdefault((source, target), []).append((s, t, pair_key(s, t), *acc))

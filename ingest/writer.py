@@ -1,21 +1,25 @@
 """Write one graph's rows to Neo4j in ONE transaction, so the load is atomic, idempotent and resumable.
 
-1. Claim: MERGE the `Graph {id}` node (its uniqueness lock serialises concurrent writers). If it is
-   already `complete`, nothing is written (the job counts it as skipped).
-2. Otherwise clear anything of that graph left from an earlier non-atomic attempt, then write the
-   shared nodes (Model, TranscoderSet, Prompt, Feature, Token: MERGE on keys), the graph's own nodes
-   and `EDGE`s (CREATE: none can exist), and add the graph's contribution to the aggregated
-   `ATTRIBUTES` edges, one statement per pair of endpoint labels: seek both endpoints by key, seek the
-   edge in the unique index on `pair` (a hash of both keys; never an expansion of a popular Feature's
-   thousands of edges), update it if it joins those endpoints, else create it. The seek locks the
-   index entry of a missing pair until commit, so a concurrent writer of the same pair waits and then
-   updates it, or deadlocks and is retried: never a duplicate. A hash collision (endpoints differ) is
-   not matched; the create then fails on the constraint, loudly. Every statement is a seek or a
-   create per row, so a graph's write costs the same however many graphs are already loaded
-   (tests/test_ingest_plans.py checks the plans).
-3. Mark the graph `complete` and `aggregated` and bump the job's counter, then commit. A crash before
-   the commit leaves no trace, so a re-run redoes exactly the graphs that are not complete, and the
-   aggregate never counts a graph twice. Readers never see a half-written graph.
+1. Shared nodes first, in their own short transaction: Model, TranscoderSet, Feature, Token (MERGE on
+   keys, each Feature `IN_SET` its set). Every graph touches the TranscoderSet, and creating a
+   relationship on it locks it until commit, so this would serialise concurrent writers for a whole
+   graph's transaction if it were part of it. Shared nodes mean nothing without a graph that uses them,
+   so one left by a crash before the graph's commit is harmless and is MERGEd again by the re-run.
+2. Claim: MERGE the `Graph {id}` node (its uniqueness lock serialises concurrent writers of one graph).
+   If it is already `complete`, nothing is written (the job counts it as skipped).
+3. Otherwise clear anything of that graph left from an earlier non-atomic attempt, then write the
+   Prompt, the graph's own nodes and `EDGE`s (CREATE: none can exist), and add the graph's
+   contribution to the aggregated `ATTRIBUTES` edges, one statement per pair of endpoint labels: seek
+   both endpoints by key, seek the edge in the unique index on `pair` (a hash of both keys; never an
+   expansion of a popular Feature's thousands of edges), update it if it joins those endpoints, else
+   create it. The seek locks the index entry of a missing pair until commit, so a concurrent writer of
+   the same pair waits and then updates it, or deadlocks and is retried: never a duplicate. A hash
+   collision (endpoints differ) is not matched; the create then fails on the constraint, loudly. Every
+   statement is a seek or a create per row, so a graph's write costs the same however many graphs are
+   already loaded (tests/test_ingest_plans.py checks the plans).
+4. Mark the graph `complete` and `aggregated` and bump the job's counter, then commit. A crash before
+   the commit leaves no trace of the graph, so a re-run redoes exactly the graphs that are not
+   complete, and the aggregate never counts a graph twice. Readers never see a half-written graph.
 
 Every statement is a parameterised `UNWIND` (lists as parameters, a few statements per graph); labels
 in the text come only from the fixed kinds below, never from input values.
@@ -23,6 +27,7 @@ in the text come only from the fixed kinds below, never from input values.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -41,18 +46,20 @@ _CLEAR = """
 MATCH (n:GraphNode {graph: $id})
 DETACH DELETE n
 WITH count(*) AS cleared
-MATCH (g:Graph {id: $id})-[r:OF_PROMPT|USES]->()
+MATCH (g:Graph {id: $id})-[r:OF_PROMPT]->()
 DELETE r
 """
-_HEAD = """
-MATCH (g:Graph {id: $graph.id})
+_COMPLETE = "OPTIONAL MATCH (g:Graph {id: $id}) RETURN g.complete AS complete"
+_SHARED = """
 MERGE (m:Model {name: $model})
 MERGE (s:TranscoderSet {name: $set})
 MERGE (s)-[:FOR_MODEL]->(m)
+"""
+_HEAD = """
+MATCH (g:Graph {id: $graph.id})
 MERGE (p:Prompt {id: $prompt.id})
 SET p += $prompt, g += $graph
 CREATE (g)-[:OF_PROMPT]->(p)
-CREATE (g)-[:USES]->(s)
 """
 _FEATURES = """
 MATCH (s:TranscoderSet {name: $set})
@@ -152,6 +159,15 @@ def claim_statement(rows: GraphRows) -> Statement:
     return Statement("claim", _CLAIM, {"id": rows.id})
 
 
+def shared_statements(rows: GraphRows) -> list[Statement]:
+    """The statements that write the shared nodes a graph uses, in order (their own transaction)."""
+    return [
+        Statement("shared", _SHARED, {"model": rows.model, "set": rows.transcoder_set}),
+        Statement("features", _FEATURES, {"rows": _by_key(rows.features), "set": rows.transcoder_set}),
+        Statement("tokens", _TOKENS, {"rows": _by_key(rows.tokens), "model": rows.model}),
+    ]
+
+
 def write_statements(
     rows: GraphRows, *, job: str = "", config: WriterConfig | None = None
 ) -> list[Statement]:
@@ -159,13 +175,7 @@ def write_statements(
     config = config or WriterConfig()
     out = [
         Statement("clear", _CLEAR, {"id": rows.id}),
-        Statement(
-            "head",
-            _HEAD,
-            {"graph": rows.graph, "model": rows.model, "set": rows.transcoder_set, "prompt": rows.prompt},
-        ),
-        Statement("features", _FEATURES, {"rows": _by_key(rows.features), "set": rows.transcoder_set}),
-        Statement("tokens", _TOKENS, {"rows": _by_key(rows.tokens), "model": rows.model}),
+        Statement("head", _HEAD, {"graph": rows.graph, "prompt": rows.prompt}),
     ]
     for kind in NODE_KINDS:
         if rows.nodes.get(kind):
@@ -191,6 +201,24 @@ def write_statements(
     return out
 
 
+def _run_all(tx: neo4j.ManagedTransaction, statements: list[Statement]) -> tuple[int, int]:
+    """Run `statements` in order; (nodes, relationships) they created."""
+    nodes = relationships = 0
+    for statement in statements:
+        counters = tx.run(statement.text, statement.params).consume().counters
+        nodes += counters.nodes_created
+        relationships += counters.relationships_created
+    return nodes, relationships
+
+
+def _shared_tx(tx: neo4j.ManagedTransaction, rows: GraphRows) -> tuple[int, int] | None:
+    """Write the shared nodes of a graph that is not complete yet; None when it is (nothing written)."""
+    record = tx.run(_COMPLETE, id=rows.id).single()
+    if record is not None and record["complete"]:
+        return None
+    return _run_all(tx, shared_statements(rows))
+
+
 def _write_tx(tx: neo4j.ManagedTransaction, rows: GraphRows, job: str, config: WriterConfig) -> WriteResult:
     claim = claim_statement(rows)
     result = tx.run(claim.text, claim.params)
@@ -198,13 +226,11 @@ def _write_tx(tx: neo4j.ManagedTransaction, rows: GraphRows, job: str, config: W
     if record is not None and record["complete"]:
         tx.run(_SKIPPED, job=job).consume()
         return WriteResult(rows.id, loaded=False)
-    nodes = result.consume().counters.nodes_created  # the Graph node, when this claim made it
-    relationships = 0
-    for statement in write_statements(rows, job=job, config=config):
-        counters = tx.run(statement.text, statement.params).consume().counters
-        nodes += counters.nodes_created
-        relationships += counters.relationships_created
-    return WriteResult(rows.id, loaded=True, nodes_created=nodes, relationships_created=relationships)
+    claimed = result.consume().counters.nodes_created  # the Graph node, when this claim made it
+    nodes, relationships = _run_all(tx, write_statements(rows, job=job, config=config))
+    return WriteResult(
+        rows.id, loaded=True, nodes_created=claimed + nodes, relationships_created=relationships
+    )
 
 
 def write_graph(
@@ -218,7 +244,15 @@ def write_graph(
     """Load one graph atomically (see the module docstring); `job` is the IngestJob id to count it under."""
     config = config or WriterConfig()
     with driver.session(database=database) as session:
-        return session.execute_write(_write_tx, rows, job, config)
+        shared = session.execute_write(_shared_tx, rows)
+        result = session.execute_write(_write_tx, rows, job, config)
+    if shared is None or not result.loaded:
+        return result
+    return dataclasses.replace(
+        result,
+        nodes_created=result.nodes_created + shared[0],
+        relationships_created=result.relationships_created + shared[1],
+    )
 
 
 def complete_graph_ids(driver: neo4j.Driver, *, database: str = "neo4j") -> set[str]:

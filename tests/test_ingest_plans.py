@@ -14,7 +14,13 @@ import pytest
 
 from circuitbase.analysis.synthetic import SyntheticConfig, synthetic_graph
 from circuitbase.ingest.schema import apply_schema
-from circuitbase.ingest.writer import Statement, claim_statement, write_graph, write_statements
+from circuitbase.ingest.writer import (
+    Statement,
+    claim_statement,
+    shared_statements,
+    write_graph,
+    write_statements,
+)
 
 pytestmark = pytest.mark.neo4j
 
@@ -23,7 +29,8 @@ CONFIG = SyntheticConfig(n_graphs=8)
 SEEKS = {
     "claim": {"Graph(id)"},
     "clear": {"GraphNode(graph)", "Graph(id)"},
-    "head": {"Graph(id)", "Model(name)", "TranscoderSet(name)", "Prompt(id)"},
+    "shared": {"Model(name)", "TranscoderSet(name)"},
+    "head": {"Graph(id)", "Prompt(id)"},
     "features": {"TranscoderSet(name)", "Feature(key)"},
     "tokens": {"Token(key)"},
     "nodes FeatureNode": {"Graph(id)", "Feature(key)"},
@@ -63,7 +70,7 @@ def test_every_write_statement_seeks_its_indexes(clean_db: neo4j.Driver, loaded:
     for i in range(loaded):
         write_graph(clean_db, synthetic_graph(i, config=CONFIG))
     rows = synthetic_graph(loaded, config=CONFIG)
-    statements = [claim_statement(rows), *write_statements(rows, job="job")]
+    statements = [*shared_statements(rows), claim_statement(rows), *write_statements(rows, job="job")]
     names = [s.name for s in statements]
     assert "aggregate Feature->Feature" in names and "edges" in names
     for statement in statements:
