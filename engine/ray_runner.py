@@ -12,11 +12,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from circuitbase.engine.attribution import AttributionConfig, memory_note
-from circuitbase.engine.neuronpedia import write_neuronpedia
+from circuitbase.engine.attribution import AttributionConfig
 from circuitbase.engine.prompts import Prompt
 from circuitbase.engine.ray_pool import WorkerPool
-from circuitbase.engine.runner import RunSummary, graph_path
+from circuitbase.engine.runner import RunSummary, graph_path, save_graph
 from circuitbase.progress import Progress
 
 
@@ -55,13 +54,10 @@ def iter_attribute_on_cluster(
             if isinstance(result, BaseException):
                 yield prompt, result
                 continue
-            note = memory_note(result)
-            if note is not None:
-                progress.note(f"{prompt.id}: {note}")
-            path = result.save(graph_path(out_dir, prompt))
-            if neuronpedia:
-                write_neuronpedia(result, path.with_suffix(".json"), slug=prompt.id)
-            summary.written += 1
+            path = save_graph(
+                result, graph_path(out_dir, prompt), prompt=prompt, progress=progress, summary=summary,
+                neuronpedia=neuronpedia,
+            )  # fmt: skip
             summary.seconds = time.perf_counter() - start
             progress.advance(info=pool.stats.line())
             yield prompt, path

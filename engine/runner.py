@@ -94,6 +94,29 @@ def attribute_prompt(
     return attribute_prompts(loaded, transcoders, [prompt], config=config)[0]
 
 
+def save_graph(
+    graph: AttributionGraph,
+    path: Path,
+    *,
+    prompt: Prompt,
+    progress: Progress,
+    summary: RunSummary,
+    neuronpedia: bool = False,
+    keep_full: bool = False,
+) -> Path:
+    """Save one prompt's graph to `path` and count it in `summary`: its memory note (if any) on the
+    progress line, its Neuronpedia JSON beside it with `neuronpedia` (default False), its unpruned
+    remainder with `keep_full` (default False)."""
+    note = memory_note(graph)
+    if note is not None:
+        progress.note(f"{prompt.id}: {note}")
+    path = graph.save(path, keep_full=keep_full)
+    if neuronpedia:
+        write_neuronpedia(graph, path.with_suffix(".json"), slug=prompt.id)
+    summary.written += 1
+    return path
+
+
 def iter_attribute(
     loaded: LoadedModel,
     transcoders: TranscoderSet,
@@ -127,13 +150,10 @@ def iter_attribute(
         def run_pending() -> Iterator[tuple[Prompt, Path]]:
             graphs = attribute_prompts(loaded, transcoders, [prompt for prompt, _ in pending], config=config)
             for (prompt, path), graph in zip(pending, graphs, strict=True):
-                note = memory_note(graph)
-                if note is not None:
-                    progress.note(f"{prompt.id}: {note}")
-                graph.save(path, keep_full=keep_full)
-                if neuronpedia:
-                    write_neuronpedia(graph, path.with_suffix(".json"), slug=prompt.id)
-                summary.written += 1
+                save_graph(
+                    graph, path, prompt=prompt, progress=progress, summary=summary,
+                    neuronpedia=neuronpedia, keep_full=keep_full,
+                )  # fmt: skip
                 yield done(prompt, path)
             pending.clear()
 
