@@ -350,15 +350,16 @@ def _package(
     n_sel = selected.numel()
     n_err, n_tok, n_logit = sources.n_layers * sources.n_positions, sources.n_positions, logit_ids.numel()
     kinds = NodeKinds(n_features=n_sel, n_errors=n_err, n_tokens=n_tok, n_logits=n_logit)
-    # rows over the node order: selected features (unselected columns dropped), then errors and tokens
+    # rows over the source nodes: selected features (unselected columns dropped), then errors and tokens
     feature_rows = store.stored_rows() if order is None else store.stored_rows()[order]
     rows_src = torch.cat([feature_rows, store.kept_columns(store.logit_rows)], dim=0)
     n_stored = rows_src.shape[1] - n_err - n_tok
     # selected is sorted and lies in the stored columns, so as many of them means all of them, in order
-    parts = (
-        [rows_src] if n_sel == n_stored else [rows_src[:, store.column_of(selected)], rows_src[:, n_stored:]]
+    rows = (
+        rows_src
+        if n_sel == n_stored
+        else torch.cat([rows_src[:, store.column_of(selected)], rows_src[:, n_stored:]], dim=1)
     )
-    rows = torch.cat([*parts, rows_src.new_zeros(rows_src.shape[0], n_logit)], dim=1)  # logits: targets only
     device = rows.device
     row_nodes = torch.cat(
         [
@@ -375,17 +376,15 @@ def _package(
         node_threshold=config.node_threshold,
         edge_threshold=config.edge_threshold,
     )
-    # row-major non-zeros of the rows; row_nodes is increasing, so the node indices stay sorted
-    by_row = rows.to_sparse()
-    row_idx, col_idx = by_row.indices()
+    # row-major entries; row_nodes is increasing, so the node indices stay sorted
+    entries = result.entries
     adjacency = torch.sparse_coo_tensor(
-        torch.stack([row_nodes[row_idx], col_idx]),
-        by_row.values(),
+        torch.stack([row_nodes[entries.row], entries.col]),
+        entries.value,
         (kinds.n_nodes, kinds.n_nodes),
         is_coalesced=True,
         check_invariants=False,  # sorted and unique by construction
     )
-    edge_mask = result.edge_mask[row_idx, col_idx]
     ids = state.input_ids.tolist()
     return AttributionGraph(
         prompt=entry.prompt.prompt,
@@ -402,7 +401,7 @@ def _package(
         adjacency=adjacency.cpu(),
         node_influence=result.node_influence.float().cpu(),
         node_mask=result.node_mask.cpu(),
-        edge_mask=edge_mask.cpu(),
+        edge_mask=result.edge_mask.cpu(),
         replacement_score=result.replacement_score,
         completeness_score=result.completeness_score,
         prompt_meta=entry.prompt.meta,

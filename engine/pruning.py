@@ -1,9 +1,11 @@
 """Influence, pruning and graph scores on the row form of an attribution graph.
 
-An attribution graph is held as `rows` [n_rows, n_nodes]: one row per node that has incoming edges
-(features and logits); error and token nodes are sources only. `row_nodes[i]` is the node index of
-row i. Keeping rows instead of a square matrix makes memory grow with the number of feature nodes
-kept times the node count, never with the square of the prompt length.
+An attribution graph is held as `rows` [n_rows, n_sources]: one row per node that has incoming edges
+(features and logits) over the source nodes [features | errors | tokens] (logits are never sources).
+`row_nodes[i]` is the node index of row i. Keeping rows instead of a square matrix makes memory grow
+with the number of feature nodes kept times the node count, never with the square of the prompt length.
+Every step below works on one |rows| copy and vectors: normalising a row or masking nodes scales rows and
+columns, so no normalised or masked matrix is built; only the edge scores are taken per non-zero entry.
 
 1. Normalise: A = |rows| / (row sums of |rows|), so each target distributes one unit of "credit".
 2. Influence: start from the logit probabilities on the logit nodes and push credit down the rows
@@ -56,23 +58,44 @@ class NodeKinds:
         return slice(self.n_nodes - self.n_logits, self.n_nodes)
 
 
-def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
-    """|rows| / (row sums of |rows|), in one new tensor."""
-    magnitude = rows.abs()
-    return magnitude.div_(magnitude.sum(dim=1, keepdim=True).clamp(min=_EPS))
+@dataclass(frozen=True)
+class Entries:
+    """The non-zero entries of `rows`, row-major: entry k is rows[row[k], col[k]] = value[k]."""
+
+    row: torch.Tensor  # [nnz] long, non-decreasing
+    col: torch.Tensor  # [nnz] long, increasing within a row
+    value: torch.Tensor  # [nnz]
+
+    @classmethod
+    def of(cls, rows: torch.Tensor) -> Entries:
+        flat = torch.nonzero(rows.reshape(-1)).squeeze(1)  # one pass, cheaper than a 2-D nonzero
+        width = rows.shape[1]
+        return cls(flat.div(width, rounding_mode="floor"), flat.remainder(width), rows.reshape(-1)[flat])
 
 
 def propagate_influence(
-    normalized: torch.Tensor, row_nodes: torch.Tensor, seed: torch.Tensor, *, max_steps: int
+    magnitude: torch.Tensor,
+    row_scale: torch.Tensor,
+    row_nodes: torch.Tensor,
+    seed: torch.Tensor,
+    *,
+    max_steps: int,
+    column_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Credit that flows through each node when `seed` (over nodes) is pushed down the rows."""
+    """Credit that flows through each node when `seed` (over nodes) is pushed down the rows
+    `magnitude * row_scale[:, None]`, with the source columns outside `column_mask` (default: none) cut."""
     total = torch.zeros_like(seed)
     current = seed
+    n_sources = magnitude.shape[1]
     for _ in range(max_steps):
-        current = current[row_nodes] @ normalized
-        if float(current.abs().sum()) <= _EPS:
+        pushed = (current[row_nodes] * row_scale) @ magnitude
+        if column_mask is not None:
+            pushed = pushed * column_mask
+        if float(pushed.abs().sum()) <= _EPS:
             return total
-        total += current
+        total[:n_sources] += pushed
+        current = torch.zeros_like(seed)
+        current[:n_sources] = pushed
     raise RuntimeError("influence did not vanish: the attribution graph has a cycle")
 
 
@@ -99,7 +122,8 @@ def _cover(scores: torch.Tensor, share: float) -> torch.Tensor:
 class PruneResult:
     node_influence: torch.Tensor  # [n_nodes]
     node_mask: torch.Tensor  # [n_nodes] bool
-    edge_mask: torch.Tensor  # [n_rows, n_nodes] bool, edges kept
+    entries: Entries  # the non-zero edges, row-major
+    edge_mask: torch.Tensor  # [nnz] bool, aligned with `entries`: edges kept
     replacement_score: float
     completeness_score: float
 
@@ -114,19 +138,21 @@ def prune(
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
 ) -> PruneResult:
-    """Influence of every node, the pruning masks and the graph's two scores."""
+    """Influence of every node, the pruning masks and the graph's two scores; `rows` [n_rows, n_sources]."""
     max_steps = n_layers + 3
+    n_sources = rows.shape[1]
     row_nodes = row_nodes.to(rows.device)
     weights = logit_weights(kinds, logit_probs.to(device=rows.device, dtype=rows.dtype))
-    normalized = normalize_rows(rows)
-    influence = propagate_influence(normalized, row_nodes, weights, max_steps=max_steps)
+    magnitude = rows.abs()
+    sums = magnitude.sum(dim=1).clamp(min=_EPS)
+    influence = propagate_influence(magnitude, 1 / sums, row_nodes, weights, max_steps=max_steps)
 
     token_influence = float(influence[kinds.tokens].sum())
     error_influence = float(influence[kinds.errors].sum())
     replacement = token_influence / max(token_influence + error_influence, _EPS)
 
     explained = torch.ones(kinds.n_nodes, dtype=rows.dtype, device=rows.device)
-    explained[row_nodes] = 1 - normalized[:, kinds.errors].sum(dim=1)
+    explained[row_nodes] = 1 - magnitude[:, kinds.errors].sum(dim=1) / sums
     explained[kinds.errors] = 0
     output_influence = influence + weights
     completeness = float((explained * output_influence).sum() / output_influence.sum().clamp(min=_EPS))
@@ -136,18 +162,23 @@ def prune(
     prunable[: kinds.n_features + kinds.n_errors] = True
     node_mask[prunable] = _cover(influence[prunable], node_threshold)
 
-    kept_rows = rows * (node_mask[None, :] & node_mask[row_nodes][:, None])
-    kept_normalized = normalize_rows(kept_rows)
-    kept_influence = propagate_influence(kept_normalized, row_nodes, weights, max_steps=max_steps)
-    edge_scores = kept_normalized.mul_((kept_influence + weights)[row_nodes][:, None]).flatten()
-    # only kept edges can be kept: ranking just those gives the same mask at a fraction of the sort
-    candidates = torch.nonzero(kept_rows.flatten(), as_tuple=True)[0]
+    # the rows between kept nodes, normalised: kept rows scaled by 1 / their kept sums, other columns cut
+    kept_columns = node_mask[:n_sources].to(rows.dtype)
+    kept_scale = node_mask[row_nodes].to(rows.dtype) / (magnitude @ kept_columns).clamp(min=_EPS)
+    kept_influence = propagate_influence(
+        magnitude, kept_scale, row_nodes, weights, max_steps=max_steps, column_mask=kept_columns
+    )
+    entries = Entries.of(rows)
+    target_credit = (kept_scale * (kept_influence + weights)[row_nodes])[entries.row]
+    edge_scores = entries.value.abs() * kept_columns[entries.col] * target_credit
+    # only edges between kept nodes can be kept: ranking just those gives the same mask, sorting fewer
+    candidates = torch.nonzero(edge_scores).squeeze(1)
     edge_mask = torch.zeros_like(edge_scores, dtype=torch.bool)
     edge_mask[candidates] = _cover(edge_scores[candidates], edge_threshold)
-    edge_mask = edge_mask.view_as(kept_rows)
     return PruneResult(
         node_influence=influence,
         node_mask=node_mask,
+        entries=entries,
         edge_mask=edge_mask,
         replacement_score=replacement,
         completeness_score=completeness,

@@ -120,7 +120,8 @@ class RowStore:
     def add(self, features: torch.Tensor, rows: torch.Tensor) -> None:
         """Store the full rows [n, n_active + n_other] of the visited features [n] (source indices)."""
         start, end = self.n_visited, self.n_visited + features.numel()
-        self.sums[start:end] = rows.abs().sum(dim=1).clamp(min=1e-12)
+        if not self.in_index_order:  # the sums serve the influence order only
+            self.sums[start:end] = torch.linalg.vector_norm(rows, ord=1, dim=1).clamp(min=1e-12)
         self.rows[start:end] = self.kept_columns(rows)
         self.visited = torch.cat([self.visited, features])
         self.is_visited[features] = True
