@@ -15,7 +15,7 @@ from pathlib import Path
 from circuitbase.engine.attribution import AttributionConfig
 from circuitbase.engine.prompts import Prompt
 from circuitbase.engine.ray_pool import WorkerPool
-from circuitbase.engine.runner import RunSummary, graph_path, save_graph
+from circuitbase.engine.runner import GRAPH_FILE_ONLY, GraphFiles, RunSummary, graph_path, save_graph
 from circuitbase.progress import Progress
 
 
@@ -25,14 +25,14 @@ def iter_attribute_on_cluster(
     out_dir: str | Path,
     *,
     config: AttributionConfig | None = None,
-    neuronpedia: bool = False,
+    files: GraphFiles = GRAPH_FILE_ONLY,
     show_progress: bool = True,
     summary: RunSummary | None = None,
 ) -> Iterator[tuple[Prompt, Path | BaseException]]:
     """(prompt, graph file or the prompt's error) for every prompt (see the module docstring).
 
-    config: engine settings (default AttributionConfig()). neuronpedia: also write Neuronpedia JSON
-    (default False). show_progress: a progress bar with the per-actor counts (default True). summary:
+    config: engine settings (default AttributionConfig()). files: what is written per graph (default: the
+    graph file alone). show_progress: a progress bar with the per-actor counts (default True). summary:
     filled with counts and time (default: a new one).
     """
     config = config or AttributionConfig()
@@ -56,7 +56,7 @@ def iter_attribute_on_cluster(
                 continue
             path = save_graph(
                 result, graph_path(out_dir, prompt), prompt=prompt, progress=progress, summary=summary,
-                neuronpedia=neuronpedia,
+                files=files,
             )  # fmt: skip
             summary.seconds = time.perf_counter() - start
             progress.advance(info=pool.stats.line())

@@ -42,6 +42,19 @@ class RunSummary:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class GraphFiles:
+    """What is written per graph: its file (the pruned graph exactly), plus its Neuronpedia JSON beside it
+    with `neuronpedia` (default False) and its unpruned remainder, compactly, with `keep_full` (default
+    False; `graph_file`)."""
+
+    neuronpedia: bool = False
+    keep_full: bool = False
+
+
+GRAPH_FILE_ONLY = GraphFiles()
+
+
 def graph_path(out_dir: Path, prompt: Prompt) -> Path:
     return out_dir / f"{prompt.id}.safetensors"
 
@@ -101,17 +114,15 @@ def save_graph(
     prompt: Prompt,
     progress: Progress,
     summary: RunSummary,
-    neuronpedia: bool = False,
-    keep_full: bool = False,
+    files: GraphFiles,
 ) -> Path:
-    """Save one prompt's graph to `path` and count it in `summary`: its memory note (if any) on the
-    progress line, its Neuronpedia JSON beside it with `neuronpedia` (default False), its unpruned
-    remainder with `keep_full` (default False)."""
+    """Save one prompt's graph to `path` as `files` says and count it in `summary`; its memory note (if
+    any) goes on the progress line."""
     note = memory_note(graph)
     if note is not None:
         progress.note(f"{prompt.id}: {note}")
-    path = graph.save(path, keep_full=keep_full)
-    if neuronpedia:
+    path = graph.save(path, keep_full=files.keep_full)
+    if files.neuronpedia:
         write_neuronpedia(graph, path.with_suffix(".json"), slug=prompt.id)
     summary.written += 1
     return path
@@ -124,15 +135,13 @@ def iter_attribute(
     out_dir: str | Path,
     *,
     config: AttributionConfig | None = None,
-    neuronpedia: bool = False,
-    keep_full: bool = False,
+    files: GraphFiles = GRAPH_FILE_ONLY,
     show_progress: bool = True,
     summary: RunSummary | None = None,
 ) -> Iterator[tuple[Prompt, Path]]:
     """Attribute every prompt that has no graph file yet; yield (prompt, graph file) as each is written.
 
-    keep_full: also store each graph's unpruned remainder, compactly (default False: the pruned graph only;
-    `graph_file`).
+    files: what is written per graph (default: the graph file alone).
     """
     config = config or AttributionConfig()
     out_dir = Path(out_dir)
@@ -150,10 +159,7 @@ def iter_attribute(
         def run_pending() -> Iterator[tuple[Prompt, Path]]:
             graphs = attribute_prompts(loaded, transcoders, [prompt for prompt, _ in pending], config=config)
             for (prompt, path), graph in zip(pending, graphs, strict=True):
-                save_graph(
-                    graph, path, prompt=prompt, progress=progress, summary=summary,
-                    neuronpedia=neuronpedia, keep_full=keep_full,
-                )  # fmt: skip
+                save_graph(graph, path, prompt=prompt, progress=progress, summary=summary, files=files)
                 yield done(prompt, path)
             pending.clear()
 

@@ -23,7 +23,7 @@ import neo4j
 from circuitbase.engine.attribution import AttributionConfig
 from circuitbase.engine.models import LoadedModel
 from circuitbase.engine.prompts import Prompt
-from circuitbase.engine.runner import iter_attribute
+from circuitbase.engine.runner import GRAPH_FILE_ONLY, GraphFiles, iter_attribute
 from circuitbase.engine.transcoders import TranscoderSet
 from circuitbase.ingest.loader import GraphLoader, IngestConfig, IngestSummary, run_job
 from circuitbase.ingest.model import graph_id
@@ -58,13 +58,14 @@ def _produce(
     prompts: Sequence[Prompt],
     out_dir: Path,
     attribution: AttributionConfig,
+    files: GraphFiles,
 ) -> None:
     for prompt in prompts:
         if stop.is_set():
             return
         try:
             for _, path in iter_attribute(
-                loaded, transcoders, [prompt], out_dir, config=attribution, show_progress=False
+                loaded, transcoders, [prompt], out_dir, config=attribution, files=files, show_progress=False
             ):
                 item = _Item(path=path)
         except Exception as exc:  # forwarded to the consumer, which decides (skip-bad or stop)
@@ -90,6 +91,7 @@ def ingest_prompts(
     *,
     attribution: AttributionConfig | None = None,
     config: IngestConfig | None = None,
+    files: GraphFiles = GRAPH_FILE_ONLY,
     queue_size: int = 8,
     show_progress: bool = True,
     rejected: Sequence[str] = (),
@@ -97,7 +99,8 @@ def ingest_prompts(
     """Attribute `prompts` into `out_dir` and load each graph as it is written (see the module docstring).
 
     attribution: engine settings (default AttributionConfig()). config: job settings; its model and
-    transcoder set default to `loaded.name` and `transcoders.name`. queue_size: graph files computed
+    transcoder set default to `loaded.name` and `transcoders.name`. files: what is written per graph
+    (default: the graph file alone). queue_size: graph files computed
     ahead of the writer (default 8). rejected: bad prompt lines already skipped by the reader
     (recorded on the job as bad items; needs `config.skip_bad`).
     """
@@ -126,6 +129,7 @@ def ingest_prompts(
                 "prompts": todo,
                 "out_dir": out_dir,
                 "attribution": attribution,
+                "files": files,
             },
             daemon=True,
         )

@@ -24,6 +24,7 @@ from circuitbase.engine.labels import LABELS_FILE
 from circuitbase.engine.prompts import Prompt
 from circuitbase.engine.ray_pool import WorkerPool
 from circuitbase.engine.ray_runner import iter_attribute_on_cluster
+from circuitbase.engine.runner import GRAPH_FILE_ONLY, GraphFiles
 from circuitbase.ingest.loader import GraphLoader, IngestConfig, IngestSummary, run_job
 from circuitbase.ingest.pipeline import prompts_to_do
 
@@ -36,13 +37,15 @@ def ingest_prompts_on_cluster(
     *,
     attribution: AttributionConfig | None = None,
     config: IngestConfig | None = None,
+    files: GraphFiles = GRAPH_FILE_ONLY,
     show_progress: bool = True,
     rejected: Sequence[str] = (),
 ) -> IngestSummary:
     """Attribute `prompts` on `pool` into `out_dir` and load each graph as it arrives (module docstring).
 
     attribution: engine settings (default AttributionConfig()). config: job settings; its model and
-    transcoder set default to the workers' names, its labels to the labels of the workers' set. rejected:
+    transcoder set default to the workers' names, its labels to the labels of the workers' set. files: what
+    is written per graph (default: the graph file alone). rejected:
     bad prompt lines already skipped by the reader (recorded on the job as bad items; needs skip_bad).
     """
     attribution = attribution or AttributionConfig()
@@ -57,7 +60,9 @@ def ingest_prompts_on_cluster(
         loader.skipped(len(prompts) - len(todo))
 
         def written() -> Iterator[Path]:
-            stream = iter_attribute_on_cluster(pool, todo, out_dir, config=attribution, show_progress=False)
+            stream = iter_attribute_on_cluster(
+                pool, todo, out_dir, config=attribution, files=files, show_progress=False
+            )
             for prompt, result in stream:
                 loader.status = pool.stats.line()
                 if isinstance(result, Path):

@@ -14,7 +14,7 @@ from circuitbase.engine.attribution import AttributionConfig
 from circuitbase.engine.graph import AttributionGraph
 from circuitbase.engine.models import LoadedModel, load_model
 from circuitbase.engine.prompts import Prompt
-from circuitbase.engine.runner import iter_attribute
+from circuitbase.engine.runner import GraphFiles, iter_attribute
 from circuitbase.engine.transcoders import TranscoderSet
 from circuitbase.ingest.jobs import JobRecord
 from circuitbase.ingest.loader import IngestConfig, graph_files, ingest_files
@@ -42,7 +42,9 @@ def graph_dir(tmp_path_factory: pytest.TempPathFactory, tiny: tuple[LoadedModel,
     prompts = [
         Prompt(text=t, answer=" the", tags=("t",), dataset="d", id=f"p{i}") for i, t in enumerate(TEXTS)
     ]
-    for _ in iter_attribute(*tiny, prompts, out, config=CONFIG, neuronpedia=True, show_progress=False):
+    for _ in iter_attribute(
+        *tiny, prompts, out, config=CONFIG, files=GraphFiles(neuronpedia=True), show_progress=False
+    ):
         pass
     return out
 
@@ -203,17 +205,19 @@ def test_bad_graphs_fail_cleanly_or_are_skipped(db: neo4j.Driver, graph_dir: Pat
     assert query(db, "MATCH (g:Graph) RETURN count(g) AS n")[0]["n"] == 2
 
 
-@pytest.mark.parametrize("writers", [1, 2])
+@pytest.mark.parametrize(("writers", "keep_full"), [(1, False), (2, True)])
 def test_pipeline_attributes_and_loads(
-    db: neo4j.Driver, tiny: tuple[LoadedModel, TranscoderSet], tmp_path: Path, writers: int
+    db: neo4j.Driver, tiny: tuple[LoadedModel, TranscoderSet], tmp_path: Path, writers: int, keep_full: bool
 ) -> None:
     prompts = [Prompt(text=t, id=f"q{i}") for i, t in enumerate(TEXTS[:3])]
     config = IngestConfig(writers=writers)
     summary = ingest_prompts(
-        db, *tiny, prompts, tmp_path, attribution=CONFIG, config=config, queue_size=1, show_progress=False
-    )
+        db, *tiny, prompts, tmp_path, attribution=CONFIG, config=config,
+        files=GraphFiles(keep_full=keep_full), queue_size=1, show_progress=False,
+    )  # fmt: skip
     assert (summary.loaded, summary.skipped, summary.status) == (3, 0, "finished")
-    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+    remainders = [AttributionGraph.load(f).remainder for f in tmp_path.glob("*.safetensors")]
+    assert remainders == ["float16" if keep_full else "dropped"] * 3
     ids = {r["id"] for r in query(db, "MATCH (g:Graph {complete: true}) RETURN g.id AS id")}
     assert ids == {graph_id("fixtures/plt-relu", p.id) for p in prompts}
     again = ingest_prompts(db, *tiny, prompts, tmp_path, attribution=CONFIG, show_progress=False)

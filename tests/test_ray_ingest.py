@@ -22,9 +22,11 @@ import neo4j
 import pytest
 
 from circuitbase.engine.attribution import AttributionConfig
+from circuitbase.engine.graph import AttributionGraph
 from circuitbase.engine.loading import load_model_and_transcoders
 from circuitbase.engine.prompts import Prompt, read_prompts
 from circuitbase.engine.ray_pool import ClusterError, ClusterSpec, WorkerPool
+from circuitbase.engine.runner import GRAPH_FILE_ONLY, GraphFiles
 from circuitbase.engine.toy import shipped_paths, toy_prompts
 from circuitbase.ingest.loader import IngestConfig, IngestSummary
 from circuitbase.ingest.pipeline import ingest_prompts
@@ -106,8 +108,16 @@ def start_pool() -> WorkerPool:
     )
 
 
-def on_cluster(driver: neo4j.Driver, pool: WorkerPool, prompts: list[Prompt], out: Path) -> IngestSummary:
-    return ingest_prompts_on_cluster(driver, pool, prompts, out, attribution=ATTRIBUTION, show_progress=False)
+def on_cluster(
+    driver: neo4j.Driver,
+    pool: WorkerPool,
+    prompts: list[Prompt],
+    out: Path,
+    files: GraphFiles = GRAPH_FILE_ONLY,
+) -> IngestSummary:
+    return ingest_prompts_on_cluster(
+        driver, pool, prompts, out, attribution=ATTRIBUTION, files=files, show_progress=False
+    )
 
 
 def graph_counts(driver: neo4j.Driver) -> tuple[int, int, int]:
@@ -130,8 +140,10 @@ def test_two_cpu_actors_load_what_one_process_loads(
     apply_schema(clean_db)
     with start_pool() as pool:
         assert (pool.size, pool.info.model, pool.info.device) == (2, "toy", "cpu")
-        first = on_cluster(clean_db, pool, prompts, emptied(graphs_out))
+        first = on_cluster(clean_db, pool, prompts, emptied(graphs_out), GraphFiles(keep_full=True))
         assert (first.loaded, first.skipped, first.bad, first.status) == (16, 0, [], "finished")
+        remainders = {AttributionGraph.load(f).remainder for f in graphs_out.glob("*.safetensors")}
+        assert remainders == {"float16"}  # --keep-full reached the files the actors' graphs went to
         assert min(pool.stats.graphs) > 0 and sum(pool.stats.graphs) == 16
         assert first.features_labelled > 0  # the workers' labels reached the database
         assert content_checksum(clean_db) == single_process_checksum

@@ -24,6 +24,7 @@ from circuitbase.commands.common import (
     Device,
     EdgeThreshold,
     Faithfulness,
+    KeepFull,
     MaxFeatureNodes,
     MaxRowMemory,
     NodeThreshold,
@@ -54,12 +55,7 @@ def attribute_command(
     dtype: Precision = "float32",
     faithfulness: Faithfulness = True,
     neuronpedia: bool = typer.Option(True, help="Also write each graph as Neuronpedia graph JSON."),
-    keep_full: bool = typer.Option(
-        False,
-        "--keep-full",
-        help="Also keep each graph's unpruned remainder (float16 values, within 2^-11 relative; about 3 "
-        "bytes an edge). By default a file holds the pruned graph exactly and only counts the rest.",
-    ),
+    keep_full: KeepFull = False,
     skip_bad: bool = typer.Option(False, help="Skip malformed prompt lines (listed at the end)."),
     ray: RayAddress = None,
     ray_actors: RayActors = 0,
@@ -70,7 +66,7 @@ def attribute_command(
 ) -> None:
     """Compute one attribution graph per prompt and write it to OUT."""
     from circuitbase.engine.prompts import read_prompts
-    from circuitbase.engine.runner import RunSummary, iter_attribute
+    from circuitbase.engine.runner import GraphFiles, RunSummary, iter_attribute
 
     with fail_on(console):
         prompt_set = read_prompts(prompts, skip_bad=skip_bad)
@@ -83,12 +79,13 @@ def attribute_command(
             check_faithfulness=faithfulness,
         )
         summary = RunSummary()
+        files = GraphFiles(neuronpedia=neuronpedia, keep_full=keep_full)
         if ray is not None:
             attribute_on_cluster(
                 RayOptions(
                     ray, ray_actors, ray_gpus_per_actor, ray_cpu_actors, ray_cpus_per_actor, ray_in_flight
                 ),
-                prompt_set.prompts, out, config=config, neuronpedia=neuronpedia, summary=summary, model=model,
+                prompt_set.prompts, out, config=config, files=files, summary=summary, model=model,
                 transcoders=transcoders, device=device, precision=dtype, console=console,
             )  # fmt: skip
         else:
@@ -101,8 +98,7 @@ def attribute_command(
                 prompt_set.prompts,
                 out,
                 config=config,
-                neuronpedia=neuronpedia,
-                keep_full=keep_full,
+                files=files,
                 summary=summary,
             ):
                 pass

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from circuitbase.engine.attribution import AttributionConfig
     from circuitbase.engine.prompts import Prompt, PromptSet
     from circuitbase.engine.ray_pool import WorkerPool
-    from circuitbase.engine.runner import RunSummary
+    from circuitbase.engine.runner import GraphFiles, RunSummary
     from circuitbase.ingest.loader import IngestConfig, IngestSummary
     from circuitbase.settings import Neo4jSettings
 
@@ -92,7 +92,7 @@ def attribute_on_cluster(
     out: Path,
     *,
     config: AttributionConfig,
-    neuronpedia: bool,
+    files: GraphFiles,
     summary: RunSummary,
     model: str,
     transcoders: str | None,
@@ -106,9 +106,7 @@ def attribute_on_cluster(
     with start_pool(
         options, model=model, transcoders=transcoders, device=device, precision=precision, console=console
     ) as pool:
-        stream = iter_attribute_on_cluster(
-            pool, prompts, out, config=config, neuronpedia=neuronpedia, summary=summary
-        )
+        stream = iter_attribute_on_cluster(pool, prompts, out, config=config, files=files, summary=summary)
         for _prompt, result in stream:
             if isinstance(result, BaseException):
                 raise result
@@ -123,6 +121,7 @@ def ingest_on_cluster(
     settings: Neo4jSettings,
     config: IngestConfig,
     attribution: AttributionConfig,
+    files: GraphFiles,
     model: str,
     transcoders: str | None,
     device: str,
@@ -149,6 +148,7 @@ def ingest_on_cluster(
             graphs_out,
             attribution=attribution,
             config=config,
+            files=files,
             show_progress=progress,
             rejected=prompt_set.rejected,
         )

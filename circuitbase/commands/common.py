@@ -85,6 +85,15 @@ Faithfulness = Annotated[
     ),
 ]
 
+KeepFull = Annotated[
+    bool,
+    typer.Option(
+        "--keep-full",
+        help="Also keep each graph's unpruned remainder (float16 values, within 2^-11 relative; about 3 "
+        "bytes an edge). By default a file holds the pruned graph exactly and only counts the rest.",
+    ),
+]
+
 
 def attribution_config(
     *,

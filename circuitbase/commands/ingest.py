@@ -28,6 +28,7 @@ from circuitbase.commands.common import (
     Device,
     EdgeThreshold,
     Faithfulness,
+    KeepFull,
     MaxFeatureNodes,
     MaxRowMemory,
     NodeThreshold,
@@ -150,6 +151,7 @@ def ingest_command(
     max_row_memory_mb: MaxRowMemory = 4096,
     dtype: Precision = "float32",
     faithfulness: Faithfulness = True,
+    keep_full: KeepFull = False,
     queue_size: int = typer.Option(8, help="Graphs attribution may run ahead of the database writer."),
     writers: int = typer.Option(
         1, min=1, help="Graphs written at once, each in its own transaction (deadlocks are retried)."
@@ -216,6 +218,7 @@ def ingest_command(
                 )
         else:
             from circuitbase.engine.prompts import read_prompts
+            from circuitbase.engine.runner import GraphFiles
             from circuitbase.ingest.pipeline import ingest_prompts
 
             if model is None:
@@ -236,6 +239,7 @@ def ingest_command(
                         ray, ray_actors, ray_gpus_per_actor, ray_cpu_actors, ray_cpus_per_actor, ray_in_flight
                     ),
                     prompt_set, graphs_out, settings=settings, config=config, attribution=attribution,
+                    files=GraphFiles(keep_full=keep_full),
                     model=model, transcoders=transcoders, device=device, precision=dtype, progress=progress,
                     console=console,
                 )  # fmt: skip
@@ -255,6 +259,7 @@ def ingest_command(
                     graphs_out,
                     attribution=attribution,
                     config=config,
+                    files=GraphFiles(keep_full=keep_full),
                     queue_size=queue_size,
                     rejected=prompt_set.rejected,
                     show_progress=progress,
