@@ -4,7 +4,8 @@ Each case (a model, a prompt length, a feature-node budget) runs in its own subp
 memory (max RSS on CPU, `torch.cuda.max_memory_allocated` on GPU) is its own. Both tools load the same
 model folder and the same transcoder folder (written once by `bench_models.prepare`) and attribute the
 same token ids (BOS first): windows of a fixed English paragraph cut to exactly N tokens. The first
-graph of a case is a warm-up, and the one whose edges are compared; the next `--repeats` are timed.
+graph of a case is a warm-up, and the one whose edges are compared; the next `--repeats` are timed, and
+s/graph is their median (`timing`).
 
 Cases (`bench_models` describes the models; transcoders fire ~32-100 features per token per layer):
 - tiny-llama and tiny-gemma2 (2 layers, d_model 64) at 16/32/64/128 tokens, every feature visited
@@ -36,7 +37,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -126,6 +126,7 @@ def run_case(spec: dict) -> dict:
     import torch
     from edge_diff import edges_of, max_edge_difference
     from flops import model_dims
+    from timing import median_seconds, timed
 
     from circuitbase.engine.attribution import AttributionConfig, attribute
     from circuitbase.engine.loading import load_model_and_transcoders
@@ -145,16 +146,8 @@ def run_case(spec: dict) -> dict:
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    graph = one(prompts[0])
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for ids in prompts[1:]:
-        one(ids)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    timed = len(prompts) - 1
-    seconds = (time.perf_counter() - start) / timed if timed else first
+    first, graph = timed(one, prompts[0], device=device)
+    seconds = median_seconds(one, prompts[1:], device=device) or first
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if device == "cuda"

@@ -15,7 +15,6 @@ import argparse
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,17 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edge_diff import edges_of, max_edge_difference
+from timing import median_seconds, timed
 
 
 def _peak_mib(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -55,16 +50,12 @@ def main() -> None:
     }
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    graph = attribute(prompts[0].to(device), model, **settings)
-    _sync(device)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for ids in prompts[1:]:
-        attribute(ids.to(device), model, **settings)
-    _sync(device)
-    timed = len(prompts) - 1
-    seconds = (time.perf_counter() - start) / timed if timed else first
+
+    def one(ids: torch.Tensor):
+        return attribute(ids.to(device), model, **settings)
+
+    first, graph = timed(one, prompts[0], device=device)
+    seconds = median_seconds(one, prompts[1:], device=device) or first
     peak = _peak_mib(device)
     ours = torch.load(spec["compare_to"])
     n_logits = len(graph.logit_targets)
