@@ -3,8 +3,9 @@
 A loader collects the keys its resolvers ask for during one tick of the event loop and answers them with
 one repository call, run on a worker thread (the Neo4j driver is synchronous). Loaders whose keys carry
 parameters (pruning levels, limits) group the keys by those parameters: one query per distinct setting.
-The loaders of expensive aggregates (a feature's graphs and neighbours) go through the server's result
-cache (`circuitbase.api.cache`): only the keys it misses are queried, still in one batch.
+The loaders of expensive aggregates (a feature's graphs and neighbours) and of what the graph page reads
+besides its view (the graph, its subcircuits and similar graphs) go through the server's result cache
+(`circuitbase.api.cache`): only the keys it misses are queried, still in one batch.
 """
 
 from __future__ import annotations
@@ -29,10 +30,22 @@ async def uncached(keys: Sequence[Hashable], compute: Compute) -> list[Any]:
     return [found[k] for k in keys]
 
 
-def _by_key(fn: Callable[[Sequence[Any]], dict[Any, Any]], default: Any = None) -> DataLoader:
+def _by_key(
+    fn: Callable[[Sequence[Any]], dict[Any, Any]],
+    default: Any = None,
+    *,
+    name: str = "",
+    fetch: Fetch = uncached,
+) -> DataLoader:
+    """Keys looked up by one `fn(keys)` call (`default` for a key it does not return), made through
+    `fetch` (default `uncached`) as entries (`name`, key)."""
+
+    def call(entries: list[Any]) -> dict[Hashable, Any]:
+        found = fn([entry[1] for entry in entries])
+        return {entry: found.get(entry[1], default) for entry in entries}
+
     async def load(keys: list[Any]) -> list[Any]:
-        found = await to_thread.run_sync(fn, keys)
-        return [found.get(k, default) for k in keys]
+        return await fetch([(name, key) for key in keys], call)
 
     return DataLoader(load_fn=load)
 
@@ -79,14 +92,16 @@ class Loaders:
     """The loaders of one request; `cached` fetches through the server's result cache for this request."""
 
     def __init__(self, repo: Repository, *, cached: Fetch = uncached) -> None:
-        self.graph = _by_key(repo.graphs_by_id)
+        self.graph = _by_key(repo.graphs_by_id, name="graph", fetch=cached)
         self.prompt = _by_key(repo.prompts_by_id)
         self.feature = _by_key(repo.features_by_key)
         self.token = _by_key(repo.tokens_by_key)
         self.ref = _by_key(repo.refs_by_key)  # a Feature or Token key, for words (circuitbase.api.words)
         self.subcircuit = _by_key(repo.subcircuits_by_key)
         self.graphs_of_prompt = _by_key(repo.graphs_of_prompts, default=[])
-        self.subcircuits_of_graph = _by_key(repo.subcircuits_of_graphs, default=[])
+        self.subcircuits_of_graph = _by_key(
+            repo.subcircuits_of_graphs, default=[], name="subcircuits_of_graph", fetch=cached
+        )
         self.supernodes_of = _by_key(repo.supernodes_of, default=[])
         self.members = _by_key(repo.supernode_members, default=[])
         self.nodes = _grouped(repo.graph_nodes, ("min_influence",), name="nodes")
@@ -104,4 +119,9 @@ class Loaders:
             name="neighbours",
             fetch=cached,
         )
-        self.similar = _grouped(_library(repo, "similar_graphs", "graph_id"), ("limit",), name="similar")
+        self.feature_subcircuits = _grouped(
+            _library(repo, "feature_subcircuits", "feature_key"), ("limit",), name="feature_subcircuits"
+        )
+        self.similar = _grouped(
+            _library(repo, "similar_graphs", "graph_id"), ("limit",), name="similar", fetch=cached
+        )

@@ -3,7 +3,9 @@
 1. `TimedDriver` wraps the Neo4j driver so every query (the API's own and those of the analysis package
    it calls) runs with the transaction timeout; reads go to readers. The API's own reads run as auto-commit
    queries: one round trip, where a managed transaction adds BEGIN and COMMIT (they share the driver's
-   bookmarks, so a read still sees the writes before it).
+   bookmarks, so a read still sees the writes before it). They ask for no notifications: the server's
+   only ones for these fixed queries name labels or properties a database does not hold yet (no
+   `AnalysisRun` before an analysis), which the driver would log on every request.
 2. Reads take lists of keys (one round trip for a whole DataLoader batch). Queries of the library
    (`cypher/*.cypher`) that take one key run for many keys at once as a CALL subquery per key.
 3. List queries page by keyset (`ORDER BY id`, `WHERE id > $after`), fetching one row more than asked to
@@ -46,6 +48,7 @@ class TimedDriver:
             database=database,
             default_access_mode=neo4j.READ_ACCESS,
             bookmark_manager=self.driver.execute_query_bookmark_manager,
+            notifications_min_severity=neo4j.NotificationMinimumSeverity.OFF,
         ) as session:
             return list(session.run(neo4j.Query(query, timeout=self.timeout_s), parameters))
 
@@ -125,8 +128,8 @@ RETURN key, rows
 """
 _PROMPTS_BY_ID = "UNWIND $keys AS key MATCH (p:Prompt {id: key}) RETURN collect(p {.*}) AS rows"
 _FEATURE_FIELDS = (  # those of the Feature type (not the label's source and time)
-    ".key, .set, .layer, .index, .label, .density, .top_contexts, .promoted_tokens, .community, .pagerank, "
-    ".betweenness"
+    ".key, .set, .layer, .index, .label, .density, .top_contexts, .top_activations, .promoted_tokens, "
+    ".community, .pagerank, .betweenness"
 )
 _FEATURES_BY_KEY = (
     f"UNWIND $keys AS key MATCH (f:Feature {{key: key}}) RETURN collect(f {{{_FEATURE_FIELDS}}}) AS rows"
@@ -234,13 +237,18 @@ _STATE = """
 CALL () { MATCH (g:Graph) RETURN count(g) AS graphs }
 CALL () { MATCH (n:GraphNode) RETURN count(n) AS nodes }
 CALL () { MATCH ()-[e:EDGE]->() RETURN count(e) AS edges }
+CALL () { MATCH (j:IngestJob) WHERE j.status <> 'running' RETURN count(j) AS jobs }
+CALL () { MATCH (w:ApiRevision) RETURN sum(w.n) AS writes }
 CALL () {
   MATCH (r:AnalysisRun)
   WITH r ORDER BY r.id
   RETURN collect([r.id, r.status, toString(r.started), toString(r.finished)]) AS runs
 }
-RETURN graphs, nodes, edges, runs
+RETURN graphs, nodes, edges, jobs, writes, runs
 """
+# counts the API's writes of labels and supernodes (in the writing transaction) for the state token; a
+# concurrent first MERGE may make two such nodes, and the token sums them
+_BUMP_REVISION = "CALL () { MERGE (w:ApiRevision {id: 'api'}) SET w.n = coalesce(w.n, 0) + 1 }"
 _MODELS = """
 MATCH (m:Model)
 OPTIONAL MATCH (s:TranscoderSet)-[:FOR_MODEL]->(m)
@@ -273,16 +281,18 @@ MATCH (r:AnalysisRun)
 RETURN r {.*, started: toString(r.started), finished: toString(r.finished)} AS r
 ORDER BY r.id
 """
-_LABEL = """
-MATCH (f:Feature {key: $key})
+_LABEL = f"""
+MATCH (f:Feature {{key: $key}})
 SET f.label = $label, f.label_source = $source, f.labelled = datetime()
-RETURN f {.*} AS f
+WITH f
+{_BUMP_REVISION}
+RETURN f {{.*}} AS f
 """
 _MISSING_FEATURES = (
     "UNWIND $keys AS key OPTIONAL MATCH (f:Feature {key: key}) WITH key, f WHERE f IS NULL RETURN key"
 )
-_DEFINE_SUPERNODE = """
-MERGE (s:Supernode {key: $key})
+_DEFINE_SUPERNODE = f"""
+MERGE (s:Supernode {{key: $key}})
 SET s.name = $name, s.description = $description, s.algorithm = 'manual', s.size = size($features),
     s.features = size($features), s.defined = datetime()
 WITH s
@@ -290,10 +300,11 @@ OPTIONAL MATCH (s)-[old:HAS_MEMBER]->()
 DELETE old
 WITH DISTINCT s
 UNWIND $features AS key
-MATCH (f:Feature {key: key})
+MATCH (f:Feature {{key: key}})
 CREATE (s)-[:HAS_MEMBER]->(f)
 WITH DISTINCT s
-RETURN s {.*} AS s
+{_BUMP_REVISION}
+RETURN s {{.*}} AS s
 """
 
 
@@ -402,6 +413,21 @@ class Repository:
             query, ids, min_influence=min_influence, min_abs_weight=min_abs_weight, top_k=top_k
         )
 
+    def graph_view(
+        self, graph_id: str, *, min_influence: float, min_abs_weight: float, top_k: int
+    ) -> dict[str, Any] | None:
+        """One graph at a pruning level as the dashboard draws it (`cypher/graph_view.cypher`: nodes with
+        their feature's or token's words, edges as node idx), in one query; None for a graph that is not
+        stored complete."""
+        rows = self.read(
+            load_query("graph_view"),
+            graph_id=graph_id,
+            min_influence=min_influence,
+            min_abs_weight=min_abs_weight,
+            top_k=top_k,
+        )
+        return rows[0] if rows else None
+
     def occurrences(self, keys: Sequence[str], *, limit: int) -> dict[str, list[dict]]:
         return self.grouped(_OCCURRENCES, keys, limit=limit)
 
@@ -435,13 +461,16 @@ class Repository:
 
     def state_token(self) -> tuple | None:
         """What cached results (`circuitbase.api.cache`) depend on: the numbers of graphs, graph nodes and
-        graph edges (from the count store: no scan) and each AnalysisRun's status and times; None while a
-        step runs. Ingest adds each graph in one transaction, and each analysis step marks its run running
-        before it rewrites its results and finished after, so both change the token."""
+        graph edges (from the count store: no scan), of ingest jobs no longer running, of the API's writes
+        of labels and supernodes (`ApiRevision`, bumped in the writing transaction) and each AnalysisRun's
+        status and times; None while a step runs. Ingest adds each graph in one transaction and writes
+        feature labels before it finishes its job, and each analysis step marks its run running before it
+        rewrites its results and finished after, so all of them change the token."""
         row = self.read(_STATE)[0]
         if any(status == "running" for _, status, _, _ in row["runs"]):
             return None
-        return row["graphs"], row["nodes"], row["edges"], tuple(tuple(run) for run in row["runs"])
+        counts = (row["graphs"], row["nodes"], row["edges"], row["jobs"], row["writes"])
+        return *counts, tuple(tuple(run) for run in row["runs"])
 
     def ping(self) -> bool:
         return self.read("RETURN 1 AS ok")[0]["ok"] == 1

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import strawberry
 from anyio import to_thread
 from strawberry.fastapi import BaseContext
+from strawberry.scalars import JSON
 from strawberry.types.base import StrawberryOptional, get_object_definition
 from strawberry.types.nodes import SelectedField, Selection
 
@@ -31,7 +32,9 @@ from circuitbase.analysis.gds import AnalysisError
 from circuitbase.analysis.queries import run_query
 from circuitbase.analysis.run import STEPS
 from circuitbase.api.auth import Caller
-from circuitbase.api.cache import ResultCache
+from circuitbase.api.cache import ResultCache, unit_size
+from circuitbase.api.circuit_tracer import ViewExportError, manual_supernodes, view_document
+from circuitbase.api.drawing import EncodedView, encoded_view, node_texts
 from circuitbase.api.errors import BAD_USER_INPUT, NOT_FOUND, ApiError
 from circuitbase.api.intervention_schema import FeatureChangeInput, Intervention, intervene
 from circuitbase.api.interventions import InterventionService
@@ -39,7 +42,7 @@ from circuitbase.api.jobs import JobError, JobRunner, JobState
 from circuitbase.api.limits import Limits, page_size
 from circuitbase.api.loaders import Compute, Loaders
 from circuitbase.api.repository import GraphFilter, Repository
-from circuitbase.api.words import feature_words, node_words, ref_words, subcircuit_sentence
+from circuitbase.api.words import feature_words, ref_words, subcircuit_sentence
 from circuitbase.ingest.model import feature_key, token_key
 
 T = TypeVar("T")
@@ -69,13 +72,17 @@ class Context(BaseContext):
         """Run a blocking repository call on a worker thread."""
         return await to_thread.run_sync(lambda: fn(*args, **kwargs))
 
-    async def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
-        """`compute()` (blocking, read-only) through the result cache (`ResultCache.get`)."""
-        return await self.cache.get(key, compute, state=await self._state_token())
+    async def cached(
+        self, key: Hashable, compute: Callable[[], T], *, size: Callable[[T], int] = unit_size
+    ) -> T:
+        """`compute()` (blocking, read-only) through the result cache (`ResultCache.get`); `size` as
+        there (default: 1)."""
+        return await self.cache.get(key, compute, state=await self._state_token(), size=size)
 
     async def cached_many(self, keys: Sequence[Hashable], compute: Compute) -> list[Any]:
-        """Results for `keys` through the result cache (`ResultCache.get_many`)."""
-        return await self.cache.get_many(keys, compute, state=await self._state_token())
+        """Results for `keys` through the result cache (`ResultCache.get_many`); a list is of its
+        length's size, anything else of size 1."""
+        return await self.cache.get_many(keys, compute, state=await self._state_token(), size=_size)
 
     async def _state_token(self) -> Hashable | None:
         """The database state this request read before its first cached call (one query per request)."""
@@ -85,6 +92,11 @@ class Context(BaseContext):
 
 
 Info = strawberry.Info[Context, None]
+
+
+def _size(result: Any) -> int:
+    """A loader's result's size in the result cache: a list's length, else 1."""
+    return len(result) if isinstance(result, list) else 1
 
 
 def _ctx(info: Info) -> Context:
@@ -184,6 +196,9 @@ class Feature:
     label: str | None
     density: float | None
     top_contexts: list[str] | None = strawberry.field(description="Where stored by an annotation tool.")
+    top_activations: list[float] | None = strawberry.field(
+        description="The activation at the marked token of each of topContexts, where stored."
+    )
     promoted_tokens: list[str] | None = strawberry.field(description="Where stored by an annotation tool.")
     community: int | None
     pagerank: float | None
@@ -224,6 +239,12 @@ class Feature:
     @strawberry.field(description="Supernodes (communities or named groups) this feature belongs to.")
     async def supernodes(self, info: Info) -> list[Supernode]:
         return [Supernode.of(r) for r in await _ctx(info).loaders.supernodes_of.load(self.key)]
+
+    @strawberry.field(description="Recurring subcircuits this feature is a member of, best ranked first.")
+    async def subcircuits(self, info: Info, limit: int = 25) -> list[Subcircuit]:
+        limit = page_size(limit, limits=_ctx(info).limits, name="limit")
+        rows = await _ctx(info).loaders.feature_subcircuits.load((self.key, limit))
+        return [Subcircuit.of(r["subcircuit"]) for r in rows]
 
 
 async def _feature(info: Info, key: str | None) -> Feature | None:
@@ -316,6 +337,7 @@ class NodeKind(enum.Enum):
 
 
 _TOKEN_KINDS = (NodeKind.TOKEN, NodeKind.LOGIT)
+_KIND_NAMES = {kind.value: kind.name for kind in NodeKind}  # node label -> API name
 
 
 @strawberry.type(description="A kept node of one graph; `node` is the Neuronpedia node id.")
@@ -363,19 +385,20 @@ def _asks_for(info: Info, name: str) -> bool:
 def _name_nodes(
     nodes: list[GraphNode], *, feature_rows: dict[str, dict], token_rows: dict[str, dict]
 ) -> None:
-    """Set each node's `text` (`circuitbase.api.words.node_words`); a position's input token is the text of
-    the token node there (token nodes are kept at every pruning level)."""
+    """Set each node's `text` (`circuitbase.api.drawing.node_texts`)."""
     text_of = {key: row.get("text") for key, row in token_rows.items()}
-    inputs = {n.position: text_of.get(n.ref or "") for n in nodes if n.kind == NodeKind.TOKEN}
-    for n in nodes:
-        n.text = node_words(
-            kind=n.kind.value,
-            layer=n.layer,
-            position=n.position,
-            feature=feature_rows.get(n.ref or "") if n.kind == NodeKind.FEATURE else None,
-            token_text=text_of.get(n.ref or "") if n.kind in _TOKEN_KINDS else None,
-            input_text=inputs.get(n.position),
-        )
+    texts = node_texts(
+        {
+            "kind": n.kind.value,
+            "layer": n.layer,
+            "position": n.position,
+            "feature": feature_rows.get(n.ref or "") if n.kind == NodeKind.FEATURE else None,
+            "token_text": text_of.get(n.ref or "") if n.kind in _TOKEN_KINDS else None,
+        }
+        for n in nodes
+    )
+    for n, text in zip(nodes, texts, strict=True):
+        n.text = text
 
 
 @strawberry.type(description="A kept edge: the direct effect of `source` on `target` (node ids).")
@@ -425,6 +448,89 @@ class GraphView:
     async def edges(self, info: Info) -> list[GraphEdge]:
         key = (self.graph_id, self.min_influence, self.min_abs_weight, self.top_k)
         return [GraphEdge(**r) for r in await _ctx(info).loaders.edges.load(key)]
+
+    @strawberry.field(
+        description="This view as the dashboard draws it: the JSON text (parse it, e.g. JSON.parse) of "
+        "one compact object of columns (a list per field; see `circuitbase.api.drawing`): tokens (the "
+        "prompt's), nodes (node, kind, layer, position, featureIndex, influence, activation, "
+        "probability, text, feature: an index in features, token: its text), features (key, label, "
+        "description), supernodes (the manual ones with members here: key, name, features) and edges "
+        "(source, target: indices in nodes, weight). The same nodes and edges as `nodes` and `edges`, "
+        "from one query, encoded once and cached until the database changes."
+    )
+    async def compact(self, info: Info) -> str:
+        ctx = _ctx(info)
+        key = ("compact", self.graph_id, self.min_influence, self.min_abs_weight, self.top_k)
+        found = await ctx.cached(key, lambda: self._compact(ctx.repo), size=lambda view: view.size)
+        return found.text
+
+    def _compact(self, repo: Repository) -> EncodedView:
+        """The compact view, computed (blocking)."""
+        row = repo.graph_view(
+            self.graph_id,
+            min_influence=self.min_influence,
+            min_abs_weight=self.min_abs_weight,
+            top_k=self.top_k,
+        )
+        if row is None:  # deleted since the graph was read
+            raise ApiError(NOT_FOUND, f"no complete graph {self.graph_id!r}")
+        return encoded_view(row, kinds=_KIND_NAMES)
+
+    @strawberry.field(
+        description="This view as circuit-tracer / Neuronpedia graph JSON, in the format `circuitbase "
+        "attribute` writes: its nodes (only `nodes` when given, e.g. those a dashboard shows) and its edges "
+        "between them; qParams hold pinnedIds, clickedId and, as [name, node id, ...], the manual "
+        "supernodes with members among those nodes."
+    )
+    async def circuit_tracer_json(
+        self,
+        info: Info,
+        nodes: list[strawberry.ID] | None = None,
+        pinned_ids: list[strawberry.ID] | None = None,
+        clicked_id: strawberry.ID | None = None,
+    ) -> JSON:
+        ctx = _ctx(info)
+        edge_key = (self.graph_id, self.min_influence, self.min_abs_weight, self.top_k)
+        rows, edges, graph = await asyncio.gather(
+            ctx.loaders.nodes.load((self.graph_id, self.min_influence)),
+            ctx.loaders.edges.load(edge_key),
+            ctx.loaders.graph.load(self.graph_id),
+        )
+        refs = {r["node"]: self._node(r) for r in rows}
+        features = _refs(list(refs.values()), (NodeKind.FEATURE,))
+        tokens = _refs(list(refs.values()), _TOKEN_KINDS)
+        prompt, feature_rows, token_rows, memberships = await asyncio.gather(
+            ctx.loaders.prompt.load(graph["prompt"]),
+            ctx.loaders.feature.load_many(features),
+            ctx.loaders.token.load_many(tokens),
+            ctx.loaders.supernodes_of.load_many(features),
+        )
+        label_of = {k: (r or {}).get("label") for k, r in zip(features, feature_rows, strict=True)}
+        text_of = {k: (r or {}).get("text") for k, r in zip(tokens, token_rows, strict=True)}
+        feature_of = {n: g.ref for n, g in refs.items() if g.kind == NodeKind.FEATURE and g.ref}
+        try:
+            return view_document(
+                graph=graph,
+                prompt=prompt,
+                rows=rows,
+                edges=edges,
+                labels={n: label_of.get(k) for n, k in feature_of.items()},
+                token_texts={n: text_of.get(g.ref or "") for n, g in refs.items() if g.kind in _TOKEN_KINDS},
+                keep=nodes,
+                pinned_ids=pinned_ids or [],
+                clicked_id=clicked_id or "",
+                supernodes=manual_supernodes(feature_of, dict(zip(features, memberships, strict=True))),
+                info={
+                    "graph_id": self.graph_id,
+                    "view": {
+                        "min_influence": self.min_influence,
+                        "min_abs_weight": self.min_abs_weight,
+                        "top_k": self.top_k,
+                    },
+                },
+            )
+        except ViewExportError as exc:
+            raise ApiError(BAD_USER_INPUT, str(exc)) from None
 
     def _node(self, r: dict) -> GraphNode:
         kind = NodeKind(r["kind"])
@@ -552,6 +658,13 @@ class Subcircuit:
     influence: float | None
     weight: float | None
     weight_abs: float | None
+    causal_support: float | None = strawberry.field(
+        description="Share of its measured occurrences where ablating it on the real model takes at least "
+        "the analysis run's threshold of the answer's lead (`analyze --step causal`); null: not measured."
+    )
+    causal_occurrences: int | None = strawberry.field(
+        description="Occurrences its causal support was measured on (null: not measured)."
+    )
     edges: list[SubcircuitEdge]
 
     @classmethod

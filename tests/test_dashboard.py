@@ -7,11 +7,14 @@ screenshotted to artifacts/screenshots/<view>.png. Chromium comes from the OS pa
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import shutil
 import socket
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +29,14 @@ from playwright.sync_api import Page, sync_playwright
 
 from circuitbase.analysis.run import run_analysis
 from circuitbase.api.app import ApiConfig, create_app
+from circuitbase.api.auth import create_key
 from circuitbase.api.interventions import ModelSource
 from circuitbase.engine.interventions import FeatureIntervention
 from circuitbase.ingest.model import feature_key, graph_id
 from tests.api_data import FIXTURES, SYNTHETIC, TEXTS
 from tests.intervention_reference import Reference, reference
 from tests.numerics import assert_close
-from tests.planted_labels import LABEL, LABELLED, write_planted_labels
+from tests.planted_labels import CONTEXTS, LABEL, LABELLED, LENS_ONLY, planted_key, write_planted_labels
 
 pytest_plugins = ["tests.api_data"]  # the graph_files and store fixtures
 pytestmark = pytest.mark.neo4j
@@ -110,10 +114,16 @@ def page(base_url: str) -> Iterator[Page]:
         assert not errors, errors
 
 
-def api(base_url: str, query: str, **variables: Any) -> dict:
-    body = httpx.post(f"{base_url}/graphql", json={"query": query, "variables": variables}).json()
-    assert "errors" not in body, body
-    return body["data"]
+@pytest.fixture(scope="module")
+def api_key(analysed: neo4j.Driver) -> str:
+    return create_key(analysed, name="dashboard-tests")[1]
+
+
+def api(base_url: str, query: str, key: str | None = None, **variables: Any) -> dict:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = httpx.post(f"{base_url}/graphql", json={"query": query, "variables": variables}, headers=headers)
+    assert "errors" not in body.json(), body.json()
+    return body.json()["data"]
 
 
 def shown(page: Page, action: Callable[[], object], view: str, screenshot: str | None = None) -> None:
@@ -128,7 +138,9 @@ def shown(page: Page, action: Callable[[], object], view: str, screenshot: str |
 
 
 def goto(page: Page, base_url: str, route: str, view: str, screenshot: str | None = None) -> None:
-    shown(page, lambda: page.goto(f"{base_url}/#/{route}"), view, screenshot)
+    """Open `route` (reloading when the page is on it already: the same hash fires no hashchange)."""
+    url = f"{base_url}/#/{route}"
+    shown(page, lambda: page.reload() if page.url == url else page.goto(url), view, screenshot)
 
 
 def row_ids(page: Page, testid: str, attribute: str) -> list[str]:
@@ -191,6 +203,7 @@ def test_graph_view_draws_the_layered_graph(page: Page, base_url: str) -> None:
     feature.hover()
     tip = page.inner_text("#tooltip")
     assert page.locator("#tooltip").is_visible() and "activation" in tip and "influence" in tip
+    assert "null" not in tip  # absent values are left out, not written
     assert f"key fixtures/plt-relu/{feature.get_attribute('data-node').split('_')[0]}/" in tip
 
     page.fill("#min-influence", "0.01")
@@ -407,3 +420,247 @@ def test_compare_opens_on_right_vs_wrong_with_rows_linking_to_graphs(page: Page,
     gid = target.get_attribute("data-graph-id")
     shown(page, lambda: target.locator("a").click(), "graph")
     assert page.url.endswith("#/graph/" + quote(gid, safe=""))
+
+
+# ---------------------------------------------------------------------------------------- the subgraph tools
+
+VIEW_QUERY = """query($id: ID!) { graph(id: $id) { view(minInfluence: 0, topK: 300) {
+    nodes { node kind influence probability text feature { key } } edges { source target weight } } } }"""
+
+
+def influence_kept(nodes: list[dict], share: float) -> set[str]:
+    """The nodes the page shows at `share`: features and errors, strongest first, while the influence before
+    each is under `share` of their total; every token and logit."""
+    ranked = sorted(
+        (
+            (abs(n["influence"] or 0.0), i, n["node"])
+            for i, n in enumerate(nodes)
+            if n["kind"] in ("FEATURE", "ERROR")
+        ),
+        key=lambda r: (-r[0], r[1]),
+    )
+    total, before, kept = (
+        sum(r[0] for r in ranked),
+        0.0,
+        {n["node"] for n in nodes if n["kind"] in ("TOKEN", "LOGIT")},
+    )
+    for influence, _, node in ranked:
+        if before < share * total:
+            kept.add(node)
+        before += influence
+    return kept
+
+
+def strongest_paths(
+    start: str, nodes: list[dict], edges: list[dict], k: int = 3
+) -> list[tuple[float, list[str]]]:
+    """Every path from `start` to a logit, by enumeration, scored as the page states (the product of each
+    edge's share of its target's summed |weight|, times the logit's probability); the `k` strongest."""
+    into: dict[str, float] = defaultdict(float)
+    out: dict[str, list[dict]] = defaultdict(list)
+    for e in edges:
+        into[e["target"]] += abs(e["weight"])
+        out[e["source"]].append(e)
+    probability = {n["node"]: n["probability"] for n in nodes if n["kind"] == "LOGIT"}
+    found: list[tuple[float, list[str]]] = []
+
+    def walk(path: list[str], score: float) -> None:
+        if path[-1] in probability:
+            found.append((score * probability[path[-1]], path))
+        for e in out[path[-1]]:
+            walk([*path, e["target"]], score * abs(e["weight"]) / into[e["target"]])
+
+    walk([start], 1.0)
+    return sorted((f for f in found if len(f[1]) > 1), key=lambda f: -f[0])[:k]
+
+
+def visible(page: Page, what: str, attributes: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """`attributes` of the SVG elements `what` that are not hidden, in drawing order."""
+    script = f"es => es.map(e => [{', '.join(f'e.dataset.{a}' for a in attributes)}])"
+    return [tuple(r) for r in page.eval_on_selector_all(f"#graph-svg {what}:not([hidden])", script)]
+
+
+def test_graph_page_filters_by_influence_and_traces_paths_to_the_logits(page: Page, base_url: str) -> None:
+    gid = graph_id("fixtures/plt-relu", "p0")
+    goto(page, base_url, f"graph/{quote(gid, safe='')}", "graph")
+    view = api(base_url, VIEW_QUERY, id=gid)["graph"]["view"]
+    nodes, edges = view["nodes"], view["edges"]
+    assert len(visible(page, "circle.node", ("node",))) == len(nodes)
+
+    page.fill("#influence-keep", "50")
+    kept = influence_kept(nodes, 0.5)
+    shown_edges = [e for e in edges if e["source"] in kept and e["target"] in kept]
+    assert {n for (n,) in visible(page, "circle.node", ("node",))} == kept
+    assert {(s, t) for s, t in visible(page, "line.edge", ("source", "target"))} == {
+        (e["source"], e["target"]) for e in shown_edges
+    }
+    assert page.inner_text("#shown-counts") == f"{len(kept)} nodes, {len(shown_edges)} edges"
+    assert len(kept) < len(nodes) and "keep=0.5" in page.url
+
+    features = sorted(
+        (n for n in nodes if n["kind"] == "FEATURE" and n["node"] in kept), key=lambda n: -n["influence"]
+    )
+    start = features[0]["node"]
+    page.click(f'#graph-svg circle[data-node="{start}"]')
+    expected = strongest_paths(start, [n for n in nodes if n["node"] in kept], shown_edges)
+    paths = page.eval_on_selector_all(
+        '[data-testid="selected-path"]', "ls => ls.map(l => [Number(l.dataset.score), l.dataset.nodes])"
+    )
+    assert expected and [p for _, p in paths] == [",".join(p) for _, p in expected]
+    assert_close(torch.tensor([s for s, _ in paths]), torch.tensor([s for s, _ in expected]), rel=1e-9)
+    words = {n["node"]: n["text"] for n in nodes}
+    first = page.locator('[data-testid="selected-path"]').first.inner_text()
+    assert first.startswith(" → ".join(words[n] for n in expected[0][1]))
+    on_path = {(s, t) for _, p in expected for s, t in itertools.pairwise(p)}
+    assert set(visible(page, "line.edge.on-path", ("source", "target"))) == on_path
+    assert page.get_attribute("#selected-node", "data-node") == start
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "graph-paths.png", full_page=True)
+
+    # the state lives in the URL: opening it again shows the same nodes and paths
+    shown(page, page.reload, "graph")
+    assert {n for (n,) in visible(page, "circle.node", ("node",))} == kept
+    assert page.locator('[data-testid="selected-path"]').count() == len(expected)
+
+
+def _feature_nodes(base_url: str, gid: str, *features: tuple[int, int]) -> list[dict]:
+    """The nodes of graph `gid` that are instances of the planted `features`, in that order."""
+    nodes = api(base_url, VIEW_QUERY, id=gid)["graph"]["view"]["nodes"]
+    keys = [planted_key(f) for f in features]
+    return sorted(
+        (n for n in nodes if (n["feature"] or {}).get("key") in keys),
+        key=lambda n: keys.index(n["feature"]["key"]),
+    )
+
+
+def test_pinned_features_group_into_a_supernode_saved_through_the_api(
+    page: Page, base_url: str, api_key: str
+) -> None:
+    gid = graph_id("synthetic-set", "synthetic-0-4")
+    goto(page, base_url, f"graph/{quote(gid, safe='')}", "graph")
+    page.evaluate("sessionStorage.clear()")
+    pins = _feature_nodes(base_url, gid, LABELLED, LENS_ONLY)
+    assert len(pins) == 2
+    for n in pins:
+        page.click(f'#graph-svg circle[data-node="{n["node"]}"]', modifiers=["Shift"])
+    rows = page.eval_on_selector_all(
+        '[data-testid="pinned-node"]', "rs => rs.map(r => [r.dataset.node, r.cells[0].textContent])"
+    )
+    assert rows == [[n["node"], n["text"]] for n in pins]
+    assert f"“{LABEL}”" in rows[0][1] and page.locator("#graph-svg circle.pinned").count() == 2
+    assert (
+        "pinned=" in page.url and page.locator('[data-testid="selected-node"]').count() == 0
+    )  # pinning selects nothing
+
+    def save(expected_state: str) -> str:
+        page.evaluate("document.getElementById('supernode-message').removeAttribute('data-state')")
+        page.click("#supernode-save")
+        page.wait_for_selector(f'#supernode-message[data-state="{expected_state}"]', timeout=15_000)
+        return page.inner_text("#supernode-message")
+
+    page.fill("#supernode-name", "capital pair")
+    assert "needs an API key" in save("need-key")
+    page.fill("#api-key", "cbk_000000000000_not-a-key-that-exists-here")
+    assert "refused" in save("error") and "invalid or revoked" in page.inner_text("#supernode-message")
+    assert page.evaluate("sessionStorage.getItem('circuitbase.apiKey')") is None
+    page.fill("#api-key", api_key)
+    assert save("saved") == "Saved supernode “capital pair” with 2 features."
+    assert page.evaluate("sessionStorage.getItem('circuitbase.apiKey')") == api_key  # asked once per tab
+    assert page.locator("#api-key-row").is_hidden()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "graph-subgraph.png", full_page=True)
+
+    keys = sorted(planted_key(f) for f in (LABELLED, LENS_ONLY))
+    out = api(base_url, "{ supernodes(limit: 100) { key name algorithm members } }")["supernodes"]
+    assert {
+        "key": "manual-capital pair",
+        "name": "capital pair",
+        "algorithm": "manual",
+        "members": keys,
+    } in out
+    group = page.locator('[data-testid="view-supernode"][data-key="manual-capital pair"]')
+    assert group.get_attribute("data-nodes") == ",".join(n["node"] for n in pins)
+    # a fresh page of another graph keeping these features lists the group too
+    other = graph_id("synthetic-set", "synthetic-0-0")
+    goto(page, base_url, f"graph/{quote(other, safe='')}", "graph")
+    members = [n["node"] for n in _feature_nodes(base_url, other, LABELLED, LENS_ONLY)]
+    assert page.get_attribute(
+        '[data-testid="view-supernode"][data-key="manual-capital pair"]', "data-nodes"
+    ) == ",".join(members)
+
+
+def test_the_view_opens_as_circuit_tracer_json_of_the_nodes_shown(
+    page: Page, base_url: str, api_key: str
+) -> None:
+    gid = graph_id("synthetic-set", "synthetic-0-6")
+    pins = _feature_nodes(base_url, gid, LABELLED, LENS_ONLY)
+    define = 'mutation($f: [ID!]!) { defineSupernode(name: "exported", features: $f) { key } }'
+    api(base_url, define, api_key, f=[n["feature"]["key"] for n in pins])
+    pinned = ",".join(n["node"] for n in pins)
+    goto(
+        page,
+        base_url,
+        f"graph/{quote(gid, safe='')}?keep=0.3&pinned={pinned}&clicked={pins[0]['node']}",
+        "graph",
+    )
+    with page.expect_popup() as popup:
+        page.click("#export-json")
+    popup.value.close()
+    page.wait_for_selector('#export-status[data-state="done"]', timeout=15_000)
+    doc = json.loads(
+        page.evaluate("async () => await (await fetch(document.getElementById('export-link').href)).text()")
+    )
+    shown_nodes = [n for (n,) in visible(page, "circle.node", ("node",))]
+    view = api(base_url, VIEW_QUERY, id=gid)["graph"]["view"]
+    assert [n["node_id"] for n in doc["nodes"]] == shown_nodes
+    assert len(shown_nodes) < len(view["nodes"])  # the filter hid some
+    assert set(shown_nodes) == influence_kept(view["nodes"], 0.3) | {n["node"] for n in pins}
+    shown_edges = [(s, t, float(w)) for s, t, w in visible(page, "line.edge", ("source", "target", "weight"))]
+    assert [(e["source"], e["target"], e["weight"]) for e in doc["links"]] == shown_edges
+    assert doc["qParams"]["pinnedIds"] == [n["node"] for n in pins]
+    assert doc["qParams"]["clickedId"] == pins[0]["node"]
+    assert ["exported", *[n["node"] for n in pins]] in doc["qParams"]["supernodes"]
+    assert doc["metadata"]["slug"] == "synthetic-0-6" and doc["metadata"]["transcoder_list"] == [
+        "synthetic-set"
+    ]
+    assert page.get_attribute("#export-link", "download") == "synthetic-0-6.json"
+
+
+def test_feature_page_lists_contexts_graphs_and_subcircuits(page: Page, base_url: str) -> None:
+    key = planted_key(LABELLED)
+    goto(page, base_url, f"feature/{quote(key, safe='')}", "feature", "feature-contexts")
+    contexts = page.eval_on_selector_all(
+        '[data-testid="feature-context"]',
+        "ls => ls.map(l => [l.textContent, l.querySelector('mark').textContent])",
+    )
+    # each context with its marked token highlighted, then its activation
+    assert [(text.split(" (activation ")[0], marked) for text, marked in contexts] == [
+        (c.render(mark=("", "")), c.tokens[c.at].strip()) for c in CONTEXTS
+    ]
+    shown_acts = [float(text.split(" (activation ")[1].rstrip(")")) for text, _ in contexts]
+    assert_close(torch.tensor(shown_acts), torch.tensor([c.act for c in CONTEXTS]), rel=1e-3)
+    query = """query($k: ID!) { feature(key: $k) {
+        graphs(limit: 100) { graphId } subcircuits(limit: 100) { key } } }"""
+    expected = api(base_url, query, k=key)["feature"]
+    assert row_ids(page, "feature-graph-row", "data-graph-id") == [g["graphId"] for g in expected["graphs"]]
+    assert row_ids(page, "feature-subcircuit", "data-key") == [s["key"] for s in expected["subcircuits"]]
+    assert expected["subcircuits"]
+    target = expected["subcircuits"][0]["key"]
+    shown(
+        page,
+        lambda: page.locator('[data-testid="feature-subcircuit"] a').first.click(),
+        "subcircuit",
+        "subcircuit",
+    )
+    assert row_ids(page, "subcircuit", "data-key") == [target]
+    assert page.url.endswith("#/subcircuit/" + quote(target, safe=""))
+    goto(page, base_url, f"feature/{quote(key, safe='')}", "feature")
+    shown(page, lambda: page.click("#feature-prompts"), "prompts")
+    every = api(
+        base_url,
+        "query($k: ID!) { prompts(filter: {feature: $k}, first: 100) { edges { node { id } } } }",
+        k=key,
+    )
+    assert row_ids(page, "prompt-row", "data-prompt-id") == [
+        e["node"]["id"] for e in every["prompts"]["edges"]
+    ]

@@ -1,11 +1,16 @@
 // The circuitbase dashboard: one page, hash routes, every datum from the public GraphQL API at /graphql.
 //   #/prompts?tag=&correct=&feature= prompts with filters; a row opens its graph
-//   #/graph/<id>?minInfluence=&topK= the attribution graph, layered: tokens at the bottom, logits on top, its
-//                                    strongest features labelled in place; pick feature nodes, zero/scale/set
-//                                    them, see the top tokens before and after
-//   #/feature/<key>                  where a feature recurs, what drives it and what it drives
+//   #/graph/<id>?minInfluence=&topK=&keep=&pinned=&clicked=
+//                                    the attribution graph, layered: tokens at the bottom, logits on top, its
+//                                    strongest features labelled in place; nodes shown down to a share of the
+//                                    influence (keep), a clicked node's strongest paths to the logits, pinned
+//                                    nodes grouped into a supernode, the view as circuit-tracer JSON
+//                                    (subgraph.js); pick feature nodes, zero/scale/set them, see the top
+//                                    tokens before and after
+//   #/feature/<key>                  its top activating contexts, every graph and subcircuit it takes part
+//                                    in, what drives it and what it drives
 //   #/subcircuits                    recurring subcircuits by rank (total influence) as sentences, with the
-//                                    prompts they occur in
+//                                    prompts they occur in; #/subcircuit/<key> one of them
 //   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side (&fdr=, 0.05);
 //                                    without sides: right vs wrong when graphs have correctness, else the two
 //                                    largest tags
@@ -23,14 +28,17 @@ let modelNames = null; // model names, loaded once: token keys are '<model>/<tok
 
 // ---------------------------------------------------------------------------------------- helpers
 
-async function gql(query, variables = {}) {
-  const response = await fetch("/graphql", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ query, variables }),
-  });
+/** The data of a GraphQL request (sent with `apiKey` when given); an error carries the errors' `codes`. */
+async function gql(query, variables = {}, { apiKey = null } = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  const response = await fetch("/graphql", { method: "POST", headers, body: JSON.stringify({ query, variables }) });
   const body = await response.json();
-  if (body.errors) throw new Error(body.errors.map((e) => e.message).join("; "));
+  if (body.errors) {
+    const error = new Error(body.errors.map((e) => e.message).join("; "));
+    error.codes = body.errors.map((e) => e.extensions?.code);
+    throw error;
+  }
   return body.data;
 }
 
@@ -61,6 +69,7 @@ function setAttrs(node, attrs) {
 const fmt = (x, digits = 3) => (x === null || x === undefined ? "–" : Number(x).toPrecision(digits));
 const graphLink = (id, text) => el("a", { href: `#/graph/${encodeURIComponent(id)}` }, text ?? id);
 const featureLink = (key, text) => el("a", { href: `#/feature/${encodeURIComponent(key)}` }, text ?? key);
+const subcircuitLink = (s) => el("a", { href: `#/subcircuit/${encodeURIComponent(s.key)}`, "data-testid": "subcircuit-link" }, `#${s.rank}`);
 const correctBadge = (c) =>
   el("span", { class: `badge ${c === true ? "ok" : c === false ? "bad" : ""}` }, c === true ? "correct" : c === false ? "incorrect" : "?");
 
@@ -177,13 +186,28 @@ async function showPrompts(params) {
 
 const GRAPH_QUERY = `query($id: ID!, $minInfluence: Float!, $topK: Int!) { graph(id: $id) {
   id model transcoderSet promptId promptText topToken correct replacementScore completenessScore nNodes nEdges
-  prompt { tokens }
-  view(minInfluence: $minInfluence, topK: $topK) {
-    nodes { node kind layer position featureIndex influence activation probability text
-            feature { key label description topContexts } token { text } }
-    edges { source target weight } }
+  view(minInfluence: $minInfluence, topK: $topK) { compact }
   subcircuits { subcircuit { key rank support sentence } weight }
   similar(limit: 5) { graphId text score } } }`;
+
+/** A view's compact object (GraphView.compact, parsed: a list per field) as the prompt's tokens and the node and
+ *  edge objects the page reads: GraphNode's fields with `feature` ({ key, label, description, supernodes: the manual ones }, one
+ *  object per feature; topContexts load when a tooltip shows them) and `token` ({ text }), and GraphEdge's. */
+function unpackView(view) {
+  const f = view.features;
+  const supernodes = f.key.map(() => []);
+  for (const s of view.supernodes) for (const i of s.features) supernodes[i].push({ key: s.key, name: s.name, algorithm: "manual" });
+  const features = f.key.map((key, i) => ({ key, label: f.label[i], description: f.description[i], supernodes: supernodes[i] }));
+  const v = view.nodes;
+  const nodes = v.node.map((node, i) => ({
+    node, kind: v.kind[i], layer: v.layer[i], position: v.position[i], featureIndex: v.featureIndex[i],
+    influence: v.influence[i], activation: v.activation[i], probability: v.probability[i], text: v.text[i],
+    feature: v.feature[i] === null ? null : features[v.feature[i]],
+    token: v.kind[i] === "TOKEN" || v.kind[i] === "LOGIT" ? { text: v.token[i] } : null,
+  }));
+  const e = view.edges;
+  return { tokens: view.tokens, nodes, edges: e.source.map((s, i) => ({ source: v.node[s], target: v.node[e.target[i]], weight: e.weight[i] })) };
+}
 
 /** Node positions: x by token position (a column per position, wide enough for its fullest cell), y by layer. */
 function layout(nodes, nPositions) {
@@ -226,8 +250,19 @@ const LABELLED_NODES = 12; // feature nodes labelled in place, strongest influen
 const LABEL_ROOM = 240; // px right of the last column, for the labels of its nodes
 const shorten = (text, n = 48) => (text.length > n ? `${text.slice(0, n - 1)}…` : text);
 
+const CONTEXTS_QUERY = `query($key: ID!) { feature(key: $key) { topContexts } }`;
+
 function showTooltip(event, n) {
-  tooltip.replaceChildren(
+  tooltip.dataset.node = n.node;
+  if (n.feature && !("topContexts" in n.feature)) {
+    // the graph view leaves top contexts out: the first tooltip of a feature loads them
+    n.feature.topContexts = null;
+    gql(CONTEXTS_QUERY, { key: n.feature.key })
+      .then((found) => { n.feature.topContexts = found.feature.topContexts; })
+      .catch(() => {}) // none shown
+      .then(() => { if (!tooltip.hidden && tooltip.dataset.node === n.node) showTooltip(event, n); });
+  }
+  const lines = [
     el("div", { class: "tt-title" }, `${n.kind.toLowerCase()}: ${nodeLabel(n)}`),
     n.feature?.label ? el("div", {}, `label “${n.feature.label}”`) : null,
     n.feature ? el("div", {}, `key ${n.feature.key}`) : null,
@@ -238,14 +273,15 @@ function showTooltip(event, n) {
     n.feature?.topContexts?.length
       ? el("div", { class: "tt-contexts" }, "top contexts:", el("ul", {}, n.feature.topContexts.slice(0, 5).map((c) => el("li", {}, c))))
       : null,
-  );
+  ];
+  tooltip.replaceChildren(...lines.filter(Boolean));
   tooltip.hidden = false;
   tooltip.style.left = `${event.pageX + 14}px`;
   tooltip.style.top = `${event.pageY + 14}px`;
 }
 
-/** The graph as SVG; clicking a feature node calls `onFeature(node, circle)` (default: open its page). */
-function drawGraph(graph, onFeature = (n) => go(`feature/${encodeURIComponent(n.feature.key)}`, {})) {
+/** The graph as SVG; clicking a node calls `onNode(node, event)`. */
+function drawGraph(graph, onNode) {
   const nodes = graph.view.nodes;
   const nPositions = Math.max(graph.prompt?.tokens.length ?? 0, ...nodes.map((n) => n.position + 1));
   const box = layout(nodes, nPositions);
@@ -280,6 +316,8 @@ function drawGraph(graph, onFeature = (n) => go(`feature/${encodeURIComponent(n.
       class: `edge ${e.weight >= 0 ? "pos" : "neg"}`,
       "data-testid": "graph-edge",
       "data-weight": e.weight,
+      "data-source": e.source,
+      "data-target": e.target,
       x1: a.x, y1: a.y, x2: b.x, y2: b.y,
       "stroke-width": (0.4 + 4.6 * Math.abs(e.weight) / maxAbs).toFixed(2),
     });
@@ -298,7 +336,7 @@ function drawGraph(graph, onFeature = (n) => go(`feature/${encodeURIComponent(n.
       r: (n.kind === "FEATURE" ? 3.5 + 3.5 * Math.abs(n.influence ?? 0) / maxInfluence : 5).toFixed(2),
       onmouseenter: (event) => showTooltip(event, n),
       onmouseleave: () => { tooltip.hidden = true; },
-      onclick: (event) => n.feature && onFeature(n, event.currentTarget),
+      onclick: (event) => onNode(n, event),
     });
     svg.append(circle);
   }
@@ -322,13 +360,84 @@ function nodeLabels(nodes, at) {
   return group;
 }
 
+/** The graph page: the drawing, its influence filter, the selected node's paths, the subgraph panel
+ *  (subgraph.js) and the intervention panel; keep, pinned and clicked live in the URL without reloading. */
 async function showGraph(id, params) {
   const minInfluence = Number(params.get("minInfluence") ?? 0);
   const topK = Number(params.get("topK") ?? 300);
   const graph = (await gql(GRAPH_QUERY, { id, minInfluence, topK })).graph;
-  const apply = () => go(`graph/${encodeURIComponent(id)}`, { minInfluence: $("#min-influence").value, topK: $("#top-k").value });
-  const panel = interventionPanel(graph);
-  return [
+  graph.view = unpackView(JSON.parse(graph.view.compact));
+  graph.prompt = { tokens: graph.view.tokens };
+  const byId = new Map(graph.view.nodes.map((n) => [n.node, n]));
+  const state = {
+    keep: Math.min(1, Math.max(0, Number(params.get("keep") ?? 1))),
+    pinned: (params.get("pinned") ?? "").split(",").filter((p) => byId.has(p)),
+    clicked: byId.has(params.get("clicked")) ? params.get("clicked") : null,
+  };
+  const where = () => ({
+    minInfluence: params.get("minInfluence"),
+    topK: params.get("topK"),
+    keep: state.keep < 1 ? state.keep : null,
+    pinned: state.pinned.join(","),
+    clicked: state.clicked,
+  });
+  const page = {
+    graph, state, byId, minInfluence, topK,
+    shown: () => shownIds(graph.view.nodes, state.keep, state.pinned),
+    pin: (node) => {
+      state.pinned = node === null ? [] : state.pinned.includes(node) ? state.pinned.filter((p) => p !== node) : [...state.pinned, node];
+      refresh();
+    },
+  };
+  const interventions = interventionPanel(graph);
+  const subgraph = subgraphPanel(page);
+  const selection = selectionPanel(page);
+  const svg = drawGraph(graph, (n, event) => {
+    if (interventions.picking() && n.feature) interventions.toggle(n, event.currentTarget);
+    else if (event.shiftKey || event.ctrlKey || event.metaKey) page.pin(n.node);
+    else {
+      state.clicked = state.clicked === n.node ? null : n.node;
+      refresh();
+    }
+  });
+  const counts = el("span", { id: "shown-counts", "data-testid": "shown-counts" });
+  const keepText = el("span", { id: "influence-keep-text", class: "num-text" });
+  const keepInput = el("input", { id: "influence-keep", "data-testid": "influence-keep", type: "range", min: 0, max: 100, step: 1, value: Math.round(state.keep * 100) });
+  keepInput.addEventListener("input", () => {
+    state.keep = Number(keepInput.value) / 100;
+    refresh();
+  });
+
+  function refresh() {
+    const shown = page.shown();
+    const edges = graph.view.edges.filter((e) => shown.has(e.source) && shown.has(e.target));
+    const traced = state.clicked && shown.has(state.clicked);
+    const paths = traced ? strongestPaths(state.clicked, graph.view.nodes.filter((n) => shown.has(n.node)), edges) : [];
+    const pathEdges = new Set(paths.flatMap((p) => p.edges.map((e) => `${e.source}>${e.target}`)));
+    const pathNodes = new Set(paths.flatMap((p) => p.nodes));
+    for (const circle of svg.querySelectorAll("circle.node")) {
+      const node = circle.dataset.node;
+      circle.toggleAttribute("hidden", !shown.has(node));
+      circle.classList.toggle("pinned", state.pinned.includes(node));
+      circle.classList.toggle("selected", node === state.clicked);
+      circle.classList.toggle("on-path", pathNodes.has(node));
+    }
+    for (const line of svg.querySelectorAll("line.edge")) {
+      line.toggleAttribute("hidden", !(shown.has(line.dataset.source) && shown.has(line.dataset.target)));
+      line.classList.toggle("on-path", pathEdges.has(`${line.dataset.source}>${line.dataset.target}`));
+    }
+    for (const label of svg.querySelectorAll("text.node-label")) label.toggleAttribute("hidden", !shown.has(label.dataset.node));
+    svg.classList.toggle("tracing", paths.length > 0);
+    counts.textContent = `${shown.size} nodes, ${edges.length} edges`;
+    keepText.textContent = `${Math.round(state.keep * 100)}%`;
+    selection.render(paths);
+    subgraph.render();
+    const query = new URLSearchParams(Object.entries(where()).filter(([, v]) => v !== "" && v !== null && v !== undefined));
+    history.replaceState(null, "", `#/graph/${encodeURIComponent(id)}${query.toString() ? "?" + query : ""}`);
+  }
+
+  const apply = () => go(`graph/${encodeURIComponent(id)}`, { ...where(), minInfluence: $("#min-influence").value, topK: $("#top-k").value });
+  const content = [
     el("h1", { id: "graph-title", "data-testid": "graph-title" }, graph.promptText),
     el(
       "p",
@@ -337,7 +446,7 @@ async function showGraph(id, params) {
       correctBadge(graph.correct),
       ` · replacement ${fmt(graph.replacementScore)} · completeness ${fmt(graph.completenessScore)} · `,
       `${graph.nNodes} nodes, ${graph.nEdges} edges stored; showing `,
-      el("span", { id: "shown-counts", "data-testid": "shown-counts" }, `${graph.view.nodes.length} nodes, ${graph.view.edges.length} edges`),
+      counts,
     ),
     el(
       "div",
@@ -345,10 +454,13 @@ async function showGraph(id, params) {
       el("label", {}, "min influence ", el("input", { id: "min-influence", "data-testid": "min-influence", type: "number", step: "any", value: minInfluence })),
       el("label", {}, "top edges ", el("input", { id: "top-k", "data-testid": "top-k", type: "number", min: 1, value: topK })),
       el("button", { id: "apply-view", "data-testid": "apply-view", onclick: apply }, "apply"),
+      el("label", { title: "Feature and error nodes, strongest first, until they carry this share of the influence; tokens, logits and pinned nodes always show." }, "nodes carrying ", keepInput, " ", keepText, " of the influence"),
       el("span", { class: "legend" }, el("span", { class: "swatch pos" }), "positive ", el("span", { class: "swatch neg" }), "negative"),
     ),
-    el("div", { class: "graph-scroll" }, drawGraph(graph, panel.onFeature)),
-    panel.element,
+    el("p", { class: "muted hint" }, "Click a node to trace its strongest paths to the logits; shift-click to pin it to the subgraph."),
+    el("div", { class: "graph-scroll" }, svg),
+    el("div", { class: "columns" }, selection.element, subgraph.element),
+    interventions.element,
     el(
       "div",
       { class: "columns" },
@@ -357,7 +469,7 @@ async function showGraph(id, params) {
         {},
         el("h2", {}, "Subcircuits here"),
         graph.subcircuits.length
-          ? el("ul", { id: "graph-subcircuits" }, graph.subcircuits.map((s) => el("li", { "data-testid": "graph-subcircuit" }, el("a", { href: "#/subcircuits" }, `#${s.subcircuit?.rank}`), ` ${s.subcircuit?.sentence ?? ""} (support ${s.subcircuit?.support}, weight ${fmt(s.weight)})`)))
+          ? el("ul", { id: "graph-subcircuits" }, graph.subcircuits.map((s) => el("li", { "data-testid": "graph-subcircuit" }, s.subcircuit ? subcircuitLink(s.subcircuit) : "", ` ${s.subcircuit?.sentence ?? ""} (support ${s.subcircuit?.support}, weight ${fmt(s.weight)})`)))
           : el("p", { class: "muted" }, "none"),
       ),
       el(
@@ -370,6 +482,8 @@ async function showGraph(id, params) {
       ),
     ),
   ];
+  refresh();
+  return content;
 }
 
 // ---------------------------------------------------------------------------------------- interventions
@@ -449,7 +563,7 @@ function interventionPanel(graph) {
     el("table", { id: "intervene-pick-table" }, el("thead", {}, el("tr", {}, ["feature", "where", "activation", "change", ""].map((h) => el("th", {}, h)))), list),
     result,
   );
-  return { element, onFeature: (n, circle) => (pickMode.checked ? toggle(n, circle) : go(`feature/${encodeURIComponent(n.feature.key)}`, {})) };
+  return { element, picking: () => pickMode.checked, toggle };
 }
 
 function topTable(testid, title, rows) {
@@ -489,11 +603,28 @@ function interventionResult(out) {
 
 // ---------------------------------------------------------------------------------------- feature
 
+const FEATURE_GRAPHS = 100; // graphs listed on a feature page; the prompts page lists every one
+
 const FEATURE_QUERY = `query($key: ID!) { feature(key: $key) {
-  key transcoderSet layer index label description density topContexts promotedTokens community pagerank
-  graphs(limit: 50) { graphId promptId text correct influence activation positions }
+  key transcoderSet layer index label description density topContexts topActivations promotedTokens community pagerank
+  graphs(limit: ${FEATURE_GRAPHS}) { graphId promptId text correct influence activation positions }
+  subcircuits(limit: 100) { key rank support sentence }
   neighbours(limit: 50) { direction key kind graphs sum sumAbs text }
   supernodes { key name } } }`;
+
+/** A top activating context ('… «token» …', as labelling renders it) with its marked token highlighted. */
+function contextItem(text, activation) {
+  const [before, rest = ""] = text.split("«");
+  const [marked, after = ""] = rest.split("»");
+  return el(
+    "li",
+    { "data-testid": "feature-context" },
+    before,
+    rest ? el("mark", {}, marked) : null,
+    after,
+    activation !== undefined && activation !== null ? el("span", { class: "muted" }, ` (activation ${fmt(activation)})`) : null,
+  );
+}
 
 function neighbourTable(testid, neighbours) {
   const rows = neighbours.map((n) =>
@@ -532,9 +663,21 @@ async function showFeature(key) {
       `${f.label ? `“${f.label}” · ` : ""}${f.transcoderSet}, layer ${f.layer}, index ${f.index} · density ${fmt(f.density)} · community ${f.community ?? "–"} · pagerank ${fmt(f.pagerank)}`,
       f.supernodes.length ? ` · supernodes: ${f.supernodes.map((s) => s.name ?? s.key).join(", ")}` : "",
     ),
-    f.topContexts?.length ? el("section", {}, el("h2", {}, "Top contexts"), el("ul", {}, f.topContexts.map((c) => el("li", {}, c)))) : null,
-    el("h2", {}, `Where it recurs (${f.graphs.length} graphs)`),
+    el(
+      "section",
+      {},
+      el("h2", {}, "Top activating contexts"),
+      f.topContexts?.length
+        ? el("ul", { id: "feature-contexts", "data-testid": "feature-contexts" }, f.topContexts.map((c, i) => contextItem(c, f.topActivations?.[i])))
+        : el("p", { class: "muted", id: "feature-contexts" }, "None stored: label the transcoder set (its labels file) and ingest again."),
+    ),
+    el("h2", {}, `Graphs it takes part in (${f.graphs.length < FEATURE_GRAPHS ? f.graphs.length : `the ${FEATURE_GRAPHS} where it is most influential`})`),
+    el("p", {}, el("a", { id: "feature-prompts", href: `#/prompts?${new URLSearchParams({ feature: f.key })}` }, "every prompt whose graph keeps it")),
     table("feature-graphs", ["prompt", "text", "", "influence", "activation", "positions"], rows),
+    el("h2", {}, `Subcircuits it takes part in (${f.subcircuits.length})`),
+    f.subcircuits.length
+      ? el("ul", { id: "feature-subcircuits", "data-testid": "feature-subcircuits" }, f.subcircuits.map((s) => el("li", { "data-testid": "feature-subcircuit", "data-key": s.key }, subcircuitLink(s), ` ${s.sentence} (support ${s.support})`)))
+      : el("p", { class: "muted", id: "feature-subcircuits" }, "none (run `circuitbase analyze --step subcircuits`)"),
     el(
       "div",
       { class: "columns" },
@@ -546,39 +689,51 @@ async function showFeature(key) {
 
 // ---------------------------------------------------------------------------------------- subcircuits
 
-const SUBCIRCUITS_QUERY = `query($after: String) { subcircuits(first: 20, after: $after) {
-  edges { node { key rank support supportFraction influence weight sentence edges { source target sourceText targetText }
-                 occurrences(limit: 25) { graphId weight graph { promptId promptText correct } } } }
-  pageInfo { hasNextPage endCursor } } }`;
+const SUBCIRCUIT_FIELDS = `key rank support supportFraction influence weight sentence
+  edges { source target sourceText targetText }
+  occurrences(limit: 25) { graphId weight graph { promptId promptText correct } }`;
 
-async function showSubcircuits() {
-  const [page, names] = await Promise.all([gql(SUBCIRCUITS_QUERY).then((d) => d.subcircuits), models()]);
-  const cards = page.edges.map(({ node: s }) =>
+const SUBCIRCUITS_QUERY = `query($after: String) { subcircuits(first: 20, after: $after) {
+  edges { node { ${SUBCIRCUIT_FIELDS} } } pageInfo { hasNextPage endCursor } } }`;
+
+const SUBCIRCUIT_QUERY = `query($key: ID!) { subcircuit(key: $key) { ${SUBCIRCUIT_FIELDS} } }`;
+
+/** A subcircuit as a card: rank, support, its sentence, its edges in words and the graphs it occurs in. */
+function subcircuitCard(s, names) {
+  return el(
+    "article",
+    { class: "card", "data-testid": "subcircuit", "data-key": s.key, "data-support": s.support, "data-rank": s.rank },
+    el("h3", {}, `#${s.rank} · support ${s.support} (${(100 * s.supportFraction).toFixed(0)}% of graphs) · influence ${fmt(s.influence)}`),
+    el("p", { class: "sentence", "data-testid": "subcircuit-sentence" }, s.sentence),
     el(
-      "article",
-      { class: "card", "data-testid": "subcircuit", "data-key": s.key, "data-support": s.support, "data-rank": s.rank },
-      el("h3", {}, `#${s.rank} · support ${s.support} (${(100 * s.supportFraction).toFixed(0)}% of graphs) · influence ${fmt(s.influence)}`),
-      el("p", { class: "sentence", "data-testid": "subcircuit-sentence" }, s.sentence),
-      el(
-        "details",
-        { open: s.edges.length <= 6 },
-        el("summary", {}, `${s.edges.length} edges`),
-        el("ul", { class: "edges-list" }, s.edges.map((e) => el("li", { "data-testid": "subcircuit-edge" }, keyLink(e.source, names, e.sourceText), " → ", keyLink(e.target, names, e.targetText)))),
-      ),
-      el(
-        "ul",
-        { class: "occurrences" },
-        s.occurrences.map((o) =>
-          el("li", { "data-testid": "occurrence", "data-graph-id": o.graphId }, graphLink(o.graphId, o.graph?.promptText ?? o.graphId), " ", correctBadge(o.graph?.correct), ` weight ${fmt(o.weight)}`),
-        ),
+      "details",
+      { open: s.edges.length <= 6 },
+      el("summary", {}, `${s.edges.length} edges`),
+      el("ul", { class: "edges-list" }, s.edges.map((e) => el("li", { "data-testid": "subcircuit-edge" }, keyLink(e.source, names, e.sourceText), " → ", keyLink(e.target, names, e.targetText)))),
+    ),
+    el(
+      "ul",
+      { class: "occurrences" },
+      s.occurrences.map((o) =>
+        el("li", { "data-testid": "occurrence", "data-graph-id": o.graphId }, graphLink(o.graphId, o.graph?.promptText ?? o.graphId), " ", correctBadge(o.graph?.correct), ` weight ${fmt(o.weight)}`),
       ),
     ),
   );
+}
+
+async function showSubcircuits() {
+  const [page, names] = await Promise.all([gql(SUBCIRCUITS_QUERY).then((d) => d.subcircuits), models()]);
+  const cards = page.edges.map(({ node: s }) => subcircuitCard(s, names));
   return [
     el("h1", {}, "Recurring subcircuits"),
     cards.length ? el("div", { id: "subcircuit-list", "data-testid": "subcircuit-list" }, cards) : el("p", { class: "muted" }, "No subcircuits mined yet: run `circuitbase analyze`."),
     page.pageInfo.hasNextPage ? el("p", { class: "muted" }, "showing the 20 best ranked") : null,
   ];
+}
+
+async function showSubcircuit(key) {
+  const [s, names] = await Promise.all([gql(SUBCIRCUIT_QUERY, { key }).then((d) => d.subcircuit), models()]);
+  return [el("h1", {}, `Subcircuit #${s.rank}`), el("p", {}, el("a", { href: "#/subcircuits" }, "all recurring subcircuits")), subcircuitCard(s, names)];
 }
 
 // ---------------------------------------------------------------------------------------- compare
@@ -775,13 +930,17 @@ function $(selector) {
   return document.querySelector(selector);
 }
 
+let routed = 0; // routes started: a page whose data comes back after a newer route started is dropped
+
 async function route() {
+  const ticket = ++routed;
   const { name, arg, params } = parseHash();
   const views = {
     prompts: () => showPrompts(params),
     graph: () => showGraph(arg, params),
     feature: () => showFeature(arg),
     subcircuits: () => showSubcircuits(),
+    subcircuit: () => showSubcircuit(arg),
     compare: () => showCompare(params),
   };
   view.removeAttribute("data-ready");
@@ -790,8 +949,11 @@ async function route() {
   for (const link of document.querySelectorAll("nav a[data-route]")) link.classList.toggle("active", link.dataset.route === name);
   try {
     if (!views[name]) throw new Error(`no such page: ${name}`);
-    view.replaceChildren(...(await views[name]()).filter(Boolean));
+    const content = await views[name]();
+    if (ticket !== routed) return;
+    view.replaceChildren(...content.filter(Boolean));
   } catch (error) {
+    if (ticket !== routed) return;
     errorBox.textContent = error.message;
     errorBox.hidden = false;
     view.replaceChildren();
