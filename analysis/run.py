@@ -13,14 +13,16 @@ from typing import Any
 
 import neo4j
 
+from circuitbase.analysis.causal import CausalConfig, measure_causal_support
 from circuitbase.analysis.communities import CommunityConfig, find_supernodes
 from circuitbase.analysis.gds import AnalysisError
 from circuitbase.analysis.hubs import HubConfig, find_hubs
 from circuitbase.analysis.similarity import SimilarityConfig, find_similar_graphs
 from circuitbase.analysis.subcircuits import SubcircuitConfig, mine_subcircuits
+from circuitbase.engine.shelf import ModelShelf
 from circuitbase.progress import Progress
 
-STEPS = ("communities", "subcircuits", "similarity", "hubs")
+STEPS = ("communities", "subcircuits", "causal", "similarity", "hubs")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class AnalysisConfig:
 
     communities: CommunityConfig = field(default_factory=CommunityConfig)
     subcircuits: SubcircuitConfig = field(default_factory=SubcircuitConfig)
+    causal: CausalConfig = field(default_factory=CausalConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     hubs: HubConfig = field(default_factory=HubConfig)
 
@@ -49,12 +52,26 @@ def resolve_steps(step: str) -> list[str]:
     return [step]
 
 
-def run_step(driver: neo4j.Driver, step: str, *, config: AnalysisConfig, database: str) -> dict[str, Any]:
-    """Run one step with its settings from `config`; returns its summary."""
+def run_step(
+    driver: neo4j.Driver,
+    step: str,
+    *,
+    config: AnalysisConfig,
+    database: str,
+    models: ModelShelf | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run one step with its settings from `config`; returns its summary. models: where the causal step
+    finds the graphs' models (default: its config's sources, then the shipped toy). progress: receives
+    the causal step's progress per graph (default none)."""
     if step == "communities":
         return find_supernodes(driver, config=config.communities, database=database)
     if step == "subcircuits":
         return mine_subcircuits(driver, config=config.subcircuits, database=database)
+    if step == "causal":
+        return measure_causal_support(
+            driver, config=config.causal, database=database, models=models, progress=progress
+        )
     if step == "similarity":
         return find_similar_graphs(driver, config=config.similarity, database=database)
     if step == "hubs":
@@ -69,8 +86,10 @@ def run_analysis(
     config: AnalysisConfig | None = None,
     database: str = "neo4j",
     show_progress: bool = False,
+    models: ModelShelf | None = None,
 ) -> list[StepResult]:
-    """Run `steps` (default all, in STEPS order) and return each one's summary and seconds."""
+    """Run `steps` (default all, in STEPS order) and return each one's summary and seconds. models: where
+    the causal step finds the graphs' models (default: its config's sources, then the shipped toy)."""
     config = config or AnalysisConfig()
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
@@ -80,7 +99,9 @@ def run_analysis(
         for step in steps:
             progress.update(info=f"running {step}")
             started = time.perf_counter()
-            summary = run_step(driver, step, config=config, database=database)
+            summary = run_step(
+                driver, step, config=config, database=database, models=models, progress=progress
+            )
             results.append(StepResult(step, time.perf_counter() - started, summary))
             progress.advance(info=f"{step} done in {results[-1].seconds:.1f}s")
     return results

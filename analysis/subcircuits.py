@@ -4,22 +4,24 @@ Definitions (also in cypher/README.md, "Recurrence"): an edge (u, v) between glo
 Token) occurs in a complete graph g when an EDGE of g from an instance of u to an instance of v has
 |weight| >= `min_weight`, unless u is a start token (a Token that complete graphs hold at position 0 and
 never later: the special token put before every prompt, e.g. BOS). A subcircuit S is a set of such
-edges, connected through its Features; it occurs in g when all of its edges do; its support is the
-number of those graphs, and it recurs when support >= k = max(`min_support`, ceil(`min_support_fraction`
-* complete graphs)). Its specificity is support / the largest feature support of its Features (feature
-support: complete graphs keeping an instance of it), and it is specific when specificity >=
-`min_specificity`. The miner reports *closed* specific recurring
-subcircuits: no adjacent recurring edge can be added without losing one of S's graphs or its specificity.
+edges, connected through its Features and through the logits its Features feed (its *joints*); it
+occurs in g when all of its edges do; its support is the number of those graphs, and it recurs when
+support >= k = max(`min_support`, ceil(`min_support_fraction` * complete graphs)). Its specificity is
+support / the largest feature support of its Features (feature support: complete graphs keeping an
+instance of it), and it is specific when specificity >= `min_specificity`. The miner reports *closed*
+specific recurring subcircuits (no adjacent recurring edge can be added without losing one of S's graphs
+or its specificity) that no larger one *covers* (holds all of S's edges and occurs in at least
+(1 - `subset_tolerance`) of S's support).
 
 1. Start tokens; candidates: aggregated ATTRIBUTES edges seen in >= k graphs (an upper bound of the
    support), not from a start token. Check them in batches (`recurring_edges.cypher`, bounded transaction
    memory) and stream back the recurring edges (support >= k) with their graphs, per-graph weights and
    influences; each edge's graphs become a bitset. Then the feature support of their Features.
-2. Seeds: every specific recurring edge, and every pair of recurring edges sharing a Feature whose common
+2. Seeds: every specific recurring edge, and every pair of recurring edges sharing a joint whose common
    graphs still number >= k and which is specific there (at most `max_pairs` pairs, strongest first).
-3. Close each seed: repeatedly add every edge sharing a Feature with it whose graphs include all of the
+3. Close each seed: repeatedly add every edge sharing a joint with it whose graphs include all of the
    seed's graphs and whose Features keep it specific. Identical closures are merged; those with <
-   `min_edges` edges dropped.
+   `min_edges` edges dropped, then those covered by a larger closure.
 4. Rank by total influence (the sum over S's graphs of its influence there: the largest influence of an
    instance of a member Feature on one of S's edges), then support; replace all `(:Subcircuit)` nodes
    with the best `max_subcircuits`: `HAS_MEMBER` to their Features/Tokens, `OCCURS_IN {weight,
@@ -27,12 +29,18 @@ subcircuits: no adjacent recurring edge can be added without losing one of S's g
 
 Why: support alone favours what every prompt shares. A generic Feature (kept in most prompts of a
 template) would join every closure over those prompts and swallow the specific ones; specificity (the
-h-confidence of frequent-pattern mining) keeps it out. Tokens are the prompt's words and the answers:
-every feature of a prompt reads the same tokens, so edges meeting only at a Token are not one mechanism.
-A start token is a constant: causal attention makes position 0 the same in every prompt that starts with
-it (attribution zeroes the features at that position for that reason), so its edges, which reach every
-subcircuit, explain nothing. A word that starts a prompt also occurs later in others, so it stays. Total
-influence ranks what carries the output, summed over the graphs.
+h-confidence of frequent-pattern mining) keeps it out. Input tokens are the prompt's words: every feature
+of a prompt reads the same tokens, so edges meeting only at an input Token are not one mechanism. A logit
+fed by Features is different: Features that drive the same answer in the same graphs are parallel paths
+of one mechanism (a model often spreads an intermediate concept over several features, each carrying a
+part of the answer; apart, each is a fragment that explains little of it). A token-to-logit edge holds no
+Feature and joins nothing. A start token is a constant: causal attention makes position 0 the same in
+every prompt that starts with it (attribution zeroes the features at that position for that reason), so
+its edges, which reach every subcircuit, explain nothing. A word that starts a prompt also occurs later in
+others, so it stays. Covered closures: a closure that one more feature's edges would complete in all but
+a graph or two of its own is that larger mechanism seen partially, and listing both ranks the same
+mechanism twice (closed-pattern mining's delta-tolerance). Total influence ranks what carries the output,
+summed over the graphs.
 
 Why client-side: closed frequent-subgraph mining is neither a GDS algorithm nor expressible as one Cypher
 query. Only the recurring edges (usually a small share of all edges) are held in Python, as graph
@@ -103,7 +111,10 @@ class SubcircuitConfig:
     min_support_fraction: k = max(min_support, ceil(fraction * complete graphs)) (defaults 2 and 0.05).
     min_specificity: least support / feature support of every member Feature (default 0.6).
     min_edges: smallest subcircuit reported (default 2). max_pairs: pair seeds tried (default 20,000).
-    max_subcircuits: how many are written (default 500). batch: subcircuits per write (default 200)."""
+    subset_tolerance: a closure is dropped when a larger one holding all its edges occurs in at least
+    (1 - subset_tolerance) of its support (default 0.1; 0: only when in every one of its graphs, which
+    closure already rules out). max_subcircuits: how many are written (default 500). batch: subcircuits
+    per write (default 200)."""
 
     min_weight: float = 0.05
     min_support: int = 2
@@ -111,6 +122,7 @@ class SubcircuitConfig:
     min_specificity: float = 0.6
     min_edges: int = 2
     max_pairs: int = 20_000
+    subset_tolerance: float = 0.1
     max_subcircuits: int = 500
     batch: int = 200
 
@@ -136,6 +148,14 @@ class RecurringEdges:
         """The Feature endpoints of `edge` (none for a token-to-logit edge)."""
         ends = (self.sources[edge], self.targets[edge])
         return [key for key in ends if key in self.feature_support]
+
+    def joints(self, edge: int) -> list[str]:
+        """The nodes through which `edge` connects to others: its Features, and its logit when a Feature
+        feeds it (module docstring)."""
+        source, target = self.sources[edge], self.targets[edge]
+        if source not in self.feature_support:
+            return [target] if target in self.feature_support else []
+        return [source, target]
 
     def specific(self, edge: int, support: int, min_specificity: float) -> bool:
         """Whether a subcircuit of `support` graphs stays specific with `edge` in it."""
@@ -195,11 +215,11 @@ def stream_recurring_edges(
 
 
 def _incident(edges: RecurringEdges) -> dict[str, list[int]]:
-    """Feature -> the edges it is an endpoint of (subcircuits connect through Features only)."""
+    """Joint (a Feature, or a logit fed by one) -> the edges it is a joint of."""
     incident: dict[str, list[int]] = defaultdict(list)
     for e in range(len(edges)):
-        for feature in set(edges.features(e)):
-            incident[feature].append(e)
+        for joint in set(edges.joints(e)):
+            incident[joint].append(e)
     return incident
 
 
@@ -210,11 +230,11 @@ def _close(
     incident: dict[str, list[int]],
     min_specificity: float,
 ) -> Subcircuit:
-    """Add edges sharing a Feature whose graphs include `graphs` and which keep the subcircuit specific,
+    """Add edges sharing a joint whose graphs include `graphs` and which keep the subcircuit specific,
     until none is left (support stays the same)."""
     members = set(seed)
     support = graphs.bit_count()
-    frontier = {f for e in members for f in edges.features(e)}
+    frontier = {j for e in members for j in edges.joints(e)}
     while frontier:
         grown: set[str] = set()
         for node in frontier:
@@ -225,20 +245,47 @@ def _close(
                     and edges.specific(e, support, min_specificity)
                 ):
                     members.add(e)
-                    grown.update(edges.features(e))
+                    grown.update(edges.joints(e))
         frontier = grown
     return Subcircuit(frozenset(members), graphs)
 
 
+def _uncovered(found: list[Subcircuit], tolerance: float) -> list[Subcircuit]:
+    """`found` without the subcircuits that a larger one covers: holds all their edges and occurs in at
+    least (1 - tolerance) of their support."""
+    holding: dict[int, list[Subcircuit]] = defaultdict(list)  # edge -> the subcircuits holding it
+    for sub in found:
+        for e in sub.edges:
+            holding[e].append(sub)
+    kept = []
+    for sub in found:
+        rarest = min(sub.edges, key=lambda e: len(holding[e]))
+        if not any(
+            len(other.edges) > len(sub.edges)
+            and other.support >= (1.0 - tolerance) * sub.support
+            and sub.edges < other.edges
+            for other in holding[rarest]
+        ):
+            kept.append(sub)
+    return kept
+
+
 def mine(
-    edges: RecurringEdges, *, k: int, min_edges: int, max_pairs: int, min_specificity: float
+    edges: RecurringEdges,
+    *,
+    k: int,
+    min_edges: int,
+    max_pairs: int,
+    min_specificity: float,
+    subset_tolerance: float = 0.0,
 ) -> list[Subcircuit]:
-    """Closed specific connected subcircuits of support >= k (steps 2-3 of the module docstring)."""
+    """Closed specific connected subcircuits of support >= k that no larger one covers (steps 2-3 of the
+    module docstring; subset_tolerance: default 0.0, only exact covers, which closure never leaves)."""
     incident = _incident(edges)
     seeds: list[tuple[tuple[int, ...], int]] = [((e,), edges.graphs[e]) for e in range(len(edges))]
     pairs: set[tuple[int, int]] = set()
-    for node_edges in incident.values():
-        for a, b in combinations(sorted(node_edges), 2):
+    for joint_edges in incident.values():
+        for a, b in combinations(sorted(joint_edges), 2):
             common = edges.graphs[a] & edges.graphs[b]
             if common.bit_count() >= k and common not in (edges.graphs[a], edges.graphs[b]):
                 pairs.add((a, b))  # a pair whose graphs equal one edge's is that edge's closure already
@@ -251,7 +298,7 @@ def mine(
         sub = _close(seed, graphs, edges, incident, min_specificity)
         if len(sub.edges) >= min_edges:
             found.setdefault(sub.edges, sub)
-    return list(found.values())
+    return _uncovered(list(found.values()), subset_tolerance)
 
 
 def _occurrences(sub: Subcircuit, edges: RecurringEdges) -> list[dict[str, Any]]:
@@ -308,6 +355,7 @@ def mine_subcircuits(
         min_edges=config.min_edges,
         max_pairs=config.max_pairs,
         min_specificity=config.min_specificity,
+        subset_tolerance=config.subset_tolerance,
     )
     rows = [_row(sub, edges, n_graphs) for sub in found]
     rows.sort(key=lambda r: (-r["total_influence"], -r["support"], r["key"]))

@@ -36,7 +36,8 @@ def test_demo_runs_the_study_end_to_end_and_reuses_it(
     assert records[0]["graphs"] == len(prompts) and records[0]["wrong"] > 0
     loaded = re.search(r"(\d+) graphs loaded, (\d+) already there", first.output)
     assert loaded and (int(loaded[1]), int(loaded[2])) == (len(prompts), 0)
-    for shown in ("Top recurring subcircuits", "Right (", "Neo4j Browser", "/graphql", "demo finished"):
+    shown_texts = ("Top recurring subcircuits", "causal support", "Right (", "Neo4j Browser", "/graphql")
+    for shown in (*shown_texts, "demo finished"):
         assert shown in first.output, shown
     n_subcircuits = clean_db.execute_query("MATCH (s:Subcircuit) RETURN count(s) AS n").records[0]["n"]
     assert n_subcircuits > 0

@@ -8,17 +8,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from circuitbase.commands.common import fail_on
+from circuitbase.commands.common import MODEL_HELP, TRANSCODERS_HELP, fail_on
 
 if TYPE_CHECKING:
+    import neo4j
+
     from circuitbase.analysis.compare import Comparison
+    from circuitbase.analysis.run import StepResult
 
 console = Console(stderr=True)
 
 
 def analyze_command(
     step: str = typer.Option(
-        "all", help="communities, subcircuits, similarity, hubs, or all (in that order)."
+        "all", help="communities, subcircuits, causal, similarity, hubs, or all (in that order)."
     ),
     min_weight: float = typer.Option(
         0.05, help="Subcircuits: smallest |edge weight| that counts as present."
@@ -33,6 +36,28 @@ def analyze_command(
         0.6, help="Subcircuits: least share of each member feature's graphs a subcircuit must occur in."
     ),
     max_subcircuits: int = typer.Option(500, help="Subcircuits: how many (best ranked) are written."),
+    causal: bool = typer.Option(
+        True,
+        help="Causal support: ablate each subcircuit in the graphs it occurs in on the real model "
+        "(skipped by --no-causal; one forward per occurrence).",
+    ),
+    causal_threshold: float = typer.Option(
+        0.15, help="Causal: an occurrence matters when ablating removes this share of the answer's lead."
+    ),
+    min_causal_support: float = typer.Option(
+        0.0, help="Causal: delete subcircuits whose measured causal support is below this; re-rank the rest."
+    ),
+    model: list[str] = typer.Option(
+        [],
+        help=f"Causal: a model the graphs were made with (repeatable; the shipped toy is always there): "
+        f"{MODEL_HELP}",
+    ),
+    transcoders: list[str] = typer.Option(
+        [],
+        help=f"Causal: the transcoder set of the --model at the same place (none: each model's default "
+        f"set). {TRANSCODERS_HELP}",
+    ),
+    device: str = typer.Option("auto", help="Causal: auto, cpu or cuda."),
     min_graphs: int = typer.Option(
         2, help="Communities/hubs: aggregated edges seen in fewer graphs are ignored."
     ),
@@ -43,17 +68,24 @@ def analyze_command(
         "default", help="Local Neo4j instance used when CIRCUITBASE_NEO4J_URI is unset."
     ),
     progress: bool = typer.Option(True, help="Show progress."),
+    top: int = typer.Option(10, help="Top recurring subcircuits shown at the end."),
 ) -> None:
-    """Find supernodes, recurring subcircuits, similar prompts and hub features; write them to Neo4j."""
+    """Find supernodes, recurring subcircuits (and their causal support), similar prompts and hub
+    features; write them to Neo4j."""
+    from circuitbase.analysis.causal import CausalConfig
     from circuitbase.analysis.communities import CommunityConfig
     from circuitbase.analysis.hubs import HubConfig
     from circuitbase.analysis.run import AnalysisConfig, resolve_steps, run_analysis
     from circuitbase.analysis.similarity import SimilarityConfig
     from circuitbase.analysis.subcircuits import SubcircuitConfig
+    from circuitbase.engine.shelf import ModelSource
     from circuitbase.ingest.schema import apply_schema
     from circuitbase.settings import load_neo4j_settings, open_driver
 
     with fail_on(console):
+        if transcoders and len(transcoders) != len(model):
+            raise ValueError("give one --transcoders for each --model, or none (each model's default set)")
+        sources = [ModelSource(m, t) for m, t in zip(model, transcoders or [None] * len(model), strict=True)]
         config = AnalysisConfig(
             communities=CommunityConfig(algorithm=algorithm, min_graphs=min_graphs, resolution=resolution),
             subcircuits=SubcircuitConfig(
@@ -63,25 +95,78 @@ def analyze_command(
                 min_specificity=min_specificity,
                 max_subcircuits=max_subcircuits,
             ),
+            causal=CausalConfig(
+                threshold=causal_threshold,
+                min_causal_support=min_causal_support,
+                sources=tuple(sources),
+                device=device,
+            ),
             similarity=SimilarityConfig(top_k=top_k),
             hubs=HubConfig(min_graphs=min_graphs),
         )
-        steps = resolve_steps(step)
+        config.causal.check()
+        steps = [s for s in resolve_steps(step) if causal or s != "causal"]
+        if not steps:
+            raise ValueError("--step causal with --no-causal leaves nothing to run")
         settings = load_neo4j_settings(instance=instance)
         with open_driver(settings) as driver:
             apply_schema(driver, database=settings.database)
             results = run_analysis(
                 driver, steps=steps, config=config, database=settings.database, show_progress=progress
             )
-        table = Table(title="analysis")
-        for column in ("step", "seconds", "summary"):
-            table.add_column(column, justify="left" if column != "seconds" else "right")
-        for result in results:
-            summary = ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.summary.items()
-            )
-            table.add_row(result.step, f"{result.seconds:.2f}", summary)
-        console.print(table)
+            _print_steps(results)
+            if {"subcircuits", "causal"} & set(steps) and top > 0:
+                console.print(subcircuit_table(driver, database=settings.database, limit=top))
+
+
+def _print_steps(results: list[StepResult]) -> None:
+    table = Table(title="analysis")
+    for column in ("step", "seconds", "summary"):
+        table.add_column(column, justify="left" if column != "seconds" else "right")
+    for result in results:
+        summary = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.summary.items()
+        )
+        if result.step == "causal" and result.summary["graphs_measured"]:
+            summary += f", seconds_per_graph={result.seconds / result.summary['graphs_measured']:.3g}"
+        table.add_row(result.step, f"{result.seconds:.2f}", summary)
+    console.print(table)
+
+
+def _display_names(driver: neo4j.Driver, keys: set[str], database: str) -> dict[str, str]:
+    """Token keys read as their text (quoted); feature keys keep their key, plus a label when there is one."""
+    records, _, _ = driver.execute_query(
+        "UNWIND $keys AS key OPTIONAL MATCH (t:Token {key: key}) OPTIONAL MATCH (f:Feature {key: key}) "
+        "RETURN key, t.text AS text, f.label AS label",
+        {"keys": sorted(keys)},
+        database_=database,
+    )
+    names = {}
+    for r in records:
+        if r["text"] is not None:
+            names[r["key"]] = repr(r["text"])
+        elif r["label"]:
+            names[r["key"]] = f"{r['key']} ({r['label']})"
+    return names
+
+
+def subcircuit_table(driver: neo4j.Driver, *, database: str, limit: int) -> Table:
+    """The `limit` best ranked subcircuits: support, causal support (with the occurrences measured; '-'
+    when not measured) and their first 4 edges in words."""
+    from circuitbase.analysis.queries import run_query
+
+    table = Table(title="Top recurring subcircuits")
+    for column in ("rank", "support (graphs)", "causal support", "edges (source -> target)"):
+        table.add_column(column)
+    rows = run_query(driver, "subcircuits_top", database=database, limit=limit)
+    names = _display_names(driver, {k for r in rows for k in [*r["sources"], *r["targets"]]}, database)
+    for row in rows:
+        pairs = zip(row["sources"], row["targets"], strict=True)
+        edges = [f"{names.get(a, a)} -> {names.get(b, b)}" for a, b in pairs]
+        measured = row["causal_support"] is not None
+        support = f"{row['causal_support']:.2f} of {row['causal_occurrences']}" if measured else "-"
+        table.add_row(str(row["rank"]), str(row["support"]), support, "\n".join(edges[:4]))
+    return table
 
 
 def _cell(value: float | None, spec: str) -> str:

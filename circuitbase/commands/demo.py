@@ -6,7 +6,7 @@
 3. A prompt set with right and wrong answers, attributed and loaded into Neo4j as one pipelined,
    resumable job: the toy model's tasks (two-hop lookup, one-hop, name copying, arithmetic), or for
    SmolLM2 `engine.study_prompts` (two-hop facts, arithmetic, name copying).
-4. Analysis: supernodes, recurring subcircuits, prompt similarity, hub features.
+4. Analysis: supernodes, recurring subcircuits and their causal support, prompt similarity, hub features.
 5. A summary of what was found, where to look (Neo4j Browser, GraphQL), then `serve` unless --no-serve.
 
 Everything is reused on a re-run: graph files and loaded graphs are skipped, analysis results replaced.
@@ -120,6 +120,7 @@ def demo_command(
     from circuitbase.commands.ingest import labels_for
     from circuitbase.engine.attribution import AttributionConfig
     from circuitbase.engine.prompts import read_prompts
+    from circuitbase.engine.shelf import ModelShelf, with_shipped_toy
     from circuitbase.ingest.loader import IngestConfig
     from circuitbase.ingest.pipeline import ingest_prompts
     from circuitbase.ingest.schema import apply_schema
@@ -160,7 +161,8 @@ def demo_command(
         console.print(f"  {summary.loaded} graphs loaded, {summary.skipped} already there")
 
         console.rule("4/5 Analysis")
-        for result in run_analysis(driver, database=settings.database, show_progress=True):
+        models = ModelShelf(sources=with_shipped_toy(()), held=[(loaded, transcoders)])
+        for result in run_analysis(driver, database=settings.database, show_progress=True, models=models):
             console.print(f"  {result.step}: {result.seconds:.1f} s  {result.summary}")
 
         console.rule("5/5 What was found")
@@ -183,36 +185,10 @@ def demo_command(
         driver.close()
 
 
-def _display_names(driver: neo4j.Driver, keys: set[str], database: str) -> dict[str, str]:
-    """Token keys read as their text (quoted); feature keys keep their key, plus a label when there is one."""
-    records, _, _ = driver.execute_query(
-        "UNWIND $keys AS key OPTIONAL MATCH (t:Token {key: key}) OPTIONAL MATCH (f:Feature {key: key}) "
-        "RETURN key, t.text AS text, f.label AS label",
-        {"keys": sorted(keys)},
-        database_=database,
-    )
-    names = {}
-    for r in records:
-        if r["text"] is not None:
-            names[r["key"]] = repr(r["text"])
-        elif r["label"]:
-            names[r["key"]] = f"{r['key']} ({r['label']})"
-    return names
-
-
 def _report(driver: neo4j.Driver, comparison: Comparison, *, database: str, browser: str, port: int) -> None:
-    from circuitbase.analysis.queries import run_query
+    from circuitbase.commands.analyze import subcircuit_table
 
-    table = Table(title="Top recurring subcircuits")
-    for column in ("rank", "support (graphs)", "edges (source -> target)"):
-        table.add_column(column)
-    rows = run_query(driver, "subcircuits_top", database=database, limit=8)
-    names = _display_names(driver, {k for r in rows for k in [*r["sources"], *r["targets"]]}, database)
-    for row in rows:
-        pairs = zip(row["sources"], row["targets"], strict=True)
-        edges = [f"{names.get(a, a)} -> {names.get(b, b)}" for a, b in pairs]
-        table.add_row(str(row["rank"]), str(row["support"]), "\n".join(edges[:4]))
-    console.print(table)
+    console.print(subcircuit_table(driver, database=database, limit=8))
     table = Table(
         title=f"Right ({comparison.n_a} graphs) vs wrong ({comparison.n_b} graphs): biggest differences"
     )
