@@ -15,17 +15,19 @@ files, then `ingest.bulk.bulk_import_files` (read files -> CSV -> stop, neo4j-ad
 schema + job), timed end to end; the importer alone is shown too. The bench runs its own local Neo4j
 instance "bench" (wiped first, stopped at the end); with CIRCUITBASE_NEO4J_URI and `--wipe` it times
 the online path there only. Each size given to `--graphs` is a separate run on an empty database.
+With two or more sizes on the local instance, a sizing table follows: nodes, relationships, the bulk-loaded
+store and both load times per graph, extrapolated to 100K and 1M graphs (`sizing.py` gives the model).
 
     python bench/ingest.py                         # 25 graphs, ~2 minutes on 2 CPU cores
     python bench/ingest.py --graphs 25 1000        # the regression guard: ~45 minutes on 2 CPU cores
     python bench/ingest.py --graphs 200 --edges 50000 --writers 1
+    python bench/ingest.py --graphs 20 60          # sizing: ~14 minutes on 2 busy CPU cores
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -33,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
+from sizing import Quantity, empty_database, sizing_table, store_bytes
 
 from circuitbase.dbserver.config import InstanceConfig, Layout
 from circuitbase.dbserver.server import start, stop
@@ -112,24 +117,6 @@ def synthetic_graph(
     )
 
 
-def store_bytes(root: Path | None) -> int:
-    """Bytes of the database's store files (transaction logs excluded); 0 without a local instance."""
-    if root is None:
-        return 0
-    store = root / "data" / "databases" / "neo4j"
-    return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-
-
-def fresh_instance(layout: Layout) -> Path:
-    """Stop the bench instance, delete its database (so store sizes are the bench's), start it."""
-    root = layout.instance_dir(BENCH_INSTANCE.name)
-    stop(BENCH_INSTANCE.name, layout=layout)
-    for sub in ("databases", "transactions"):
-        shutil.rmtree(root / "data" / sub / "neo4j", ignore_errors=True)
-    start(BENCH_INSTANCE, layout=layout, log=lambda _line: None)
-    return root
-
-
 def online(
     settings: Neo4jSettings, warmup: AttributionGraph, graphs: list[AttributionGraph], *, writers: int
 ) -> dict:
@@ -174,13 +161,14 @@ def first_last(times: list[float]) -> tuple[float, float]:
 def bulk(layout: Layout, graphs: list[AttributionGraph], directory: Path) -> dict:
     """Graph files -> CSV -> neo4j-admin import into the emptied bench instance -> restart + schema."""
     paths = [g.save(directory / f"{i:05d}.safetensors") for i, g in enumerate(graphs)]
-    fresh_instance(layout)
+    empty_database(BENCH_INSTANCE.name, layout=layout)  # the import starts it to check it is empty
     t0 = time.perf_counter()
     result = bulk_import_files(paths, instance=BENCH_INSTANCE.name, layout=layout)
     return {
         "seconds": time.perf_counter() - t0,
         "csv": result.csv_seconds,
         "import": result.import_seconds,
+        "nodes": result.summary.nodes,
         "relationships": result.summary.relationships,
     }
 
@@ -195,7 +183,8 @@ def run_size(args: argparse.Namespace, n_graphs: int) -> dict:
         runs = {"online": online(load_neo4j_settings(), warmup, graphs, writers=args.writers)}
     else:
         layout = Layout.resolve()
-        root = fresh_instance(layout)
+        root = empty_database(BENCH_INSTANCE.name, layout=layout)
+        start(BENCH_INSTANCE, layout=layout, log=lambda _line: None)
         settings = local_instance_settings(name=BENCH_INSTANCE.name, cache_dir=layout.root)
         try:
             before = store_bytes(root)
@@ -205,7 +194,8 @@ def run_size(args: argparse.Namespace, n_graphs: int) -> dict:
             with tempfile.TemporaryDirectory() as directory:
                 runs["bulk"] = bulk(layout, graphs, Path(directory))
             stop(BENCH_INSTANCE.name, layout=layout)
-            sizes["bulk"] = store_bytes(root) / n_graphs
+            runs["bulk"]["store"] = store_bytes(root)
+            sizes["bulk"] = runs["bulk"]["store"] / n_graphs
         finally:
             stop(BENCH_INSTANCE.name, layout=layout)
 
@@ -253,7 +243,7 @@ def main() -> None:
     if os.environ.get(URI_ENV) and not args.wipe:
         raise SystemExit(f"the bench wipes its database: pass --wipe to use the server in {URI_ENV}")
 
-    table = [(n, run_size(args, n)) for n in args.graphs]
+    table = [(n, run_size(args, n)) for n in sorted(set(args.graphs))]
     columns = (
         ("graphs", 7),
         ("online graphs/s", 16),
@@ -276,6 +266,22 @@ def main() -> None:
             f"{n:>7}{n / o['seconds']:>16.2f}{rate:>14,.0f}{bulk_rate:>12,.0f}{rate / bulk_rate:>12.2f}"
             f"{start:>14.2f}{end:>13.2f}{end / start:>11.2f}"
         )
+    if len(table) > 1 and all("bulk" in runs for _, runs in table):
+        Console(width=200).print(sizing(table))
+
+
+def sizing(table: list[tuple[int, dict]]) -> Table:
+    """The sizing table (see `sizing.py`) of the bulk-loaded database and both load paths' seconds."""
+    sizes = [n for n, _ in table]
+    bulk_runs = [runs["bulk"] for _, runs in table]
+    quantities = [
+        Quantity("nodes", "count", [b["nodes"] for b in bulk_runs]),
+        Quantity("relationships", "count", [b["relationships"] for b in bulk_runs]),
+        Quantity("store (bulk)", "bytes", [b["store"] for b in bulk_runs]),
+        Quantity("load online", "seconds", [runs["online"]["seconds"] for _, runs in table]),
+        Quantity("load bulk", "seconds", [b["seconds"] for b in bulk_runs]),
+    ]
+    return sizing_table(sizes, quantities, title="sizing: measured, per graph, growth, extrapolated")
 
 
 if __name__ == "__main__":
