@@ -23,16 +23,9 @@ from typing import Any
 from circuitbase.api.cache import ResultCache
 from circuitbase.api.errors import BAD_USER_INPUT, NOT_FOUND, ApiError
 from circuitbase.api.limits import Limits, RateLimiter
+from circuitbase.engine.shelf import ModelShelf, ModelSource, with_shipped_toy
 
 _ONE_STATE = "interventions"  # the cache's state token: answers never go stale
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model and its transcoder set load from: specs as `circuitbase attribute` takes them."""
-
-    model: str
-    transcoders: str
 
 
 @dataclass(frozen=True)
@@ -68,21 +61,10 @@ class _Held:
     transcoders: Any
     lock: threading.Lock
 
-    @property
-    def names(self) -> tuple[str, str]:
-        return self.loaded.name, self.transcoders.name
-
 
 def default_sources(*, given: Sequence[ModelSource], ingest: ModelSource | None) -> list[ModelSource]:
     """`given`, then the `ingest` source, then the shipped toy model (when the package holds it)."""
-    from circuitbase.engine.toy import ToyError, shipped_paths
-
-    sources = [*given, *([ingest] if ingest else [])]
-    try:
-        model_dir, transcoder_dir = shipped_paths()
-    except ToyError:
-        return sources
-    return [*sources, ModelSource(str(model_dir), str(transcoder_dir))]
+    return with_shipped_toy([*given, *([ingest] if ingest else [])])
 
 
 class InterventionService:
@@ -93,8 +75,8 @@ class InterventionService:
     ) -> None:
         """device: 'auto', 'cpu' or 'cuda'. max_entries: answers cached (default 1024)."""
         self.device, self.limits = device, limits
-        self._waiting = list(dict.fromkeys(sources))  # not loaded yet, in order
-        self._held: list[_Held] = []
+        self._shelf = ModelShelf(sources=sources, device=device)  # loads in order, keeps what it loaded
+        self._run_locks: dict[tuple[str, str], threading.Lock] = {}
         self._load_lock = threading.Lock()
         self._cache = ResultCache(max_entries=max_entries)
         self._rate = RateLimiter(
@@ -107,26 +89,18 @@ class InterventionService:
 
     def _model(self, model: str, transcoder_set: str) -> _Held:
         """The loaded source named (`model`, `transcoder_set`), loading sources in order until one is."""
-        from circuitbase.engine.loading import load_model_and_transcoders
-
         with self._load_lock:
-            while True:
-                found = next((h for h in self._held if h.names == (model, transcoder_set)), None)
-                if found is not None or not self._waiting:
-                    break
-                source = self._waiting.pop(0)
-                loaded, transcoders, _folder = load_model_and_transcoders(
-                    source.model, source.transcoders, device=self.device
-                )
-                self._held.append(_Held(loaded, transcoders, threading.Lock()))
+            found = self._shelf.find(model, transcoder_set)
+            held = self._shelf.names
+            lock = self._run_locks.setdefault((model, transcoder_set), threading.Lock())
         if found is None:
-            runs = ", ".join(f"{m} with {s}" for m, s in (h.names for h in self._held)) or "none"
+            runs = ", ".join(f"{m} with {s}" for m, s in held) or "none"
             raise ApiError(
                 NOT_FOUND,
                 f"this server cannot run model {model!r} with transcoder set {transcoder_set!r} (it runs: "
                 f"{runs}); start it with --intervention-model and --intervention-transcoders for them",
             )
-        return found
+        return _Held(*found, lock)
 
     def _compute(self, request: InterventionRequest) -> dict[str, Any]:
         """Check `request`, run it (rate limited, one run per model at a time) and report it."""
