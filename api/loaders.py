@@ -102,6 +102,7 @@ class Loaders:
         self.subcircuits_of_graph = _by_key(
             repo.subcircuits_of_graphs, default=[], name="subcircuits_of_graph", fetch=cached
         )
+        self.member_nodes = _by_key(repo.member_nodes, default=[], name="member_nodes", fetch=cached)
         self.supernodes_of = _by_key(repo.supernodes_of, default=[])
         self.members = _by_key(repo.supernode_members, default=[])
         self.nodes = _grouped(repo.graph_nodes, ("min_influence",), name="nodes")

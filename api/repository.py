@@ -184,10 +184,12 @@ _OCCURRENCES = """
 UNWIND $keys AS key
 CALL (key) {
   MATCH (:Subcircuit {key: key})-[o:OCCURS_IN]->(g:Graph)
-  WITH g.id AS graph, o.weight AS weight, o.influence AS influence
+  WITH g.id AS graph, o.weight AS weight, o.influence AS influence, o.causal_drop AS causal_drop,
+       o.causal_logit_drop AS causal_logit_drop
   ORDER BY abs(weight) DESC, graph
   LIMIT $limit
-  RETURN collect({graph: graph, weight: weight, influence: influence}) AS rows
+  RETURN collect({graph: graph, weight: weight, influence: influence, causal_drop: causal_drop,
+                  causal_logit_drop: causal_logit_drop}) AS rows
 }
 RETURN key, rows
 """
@@ -196,7 +198,20 @@ UNWIND $keys AS key
 CALL (key) {
   MATCH (s:Subcircuit)-[o:OCCURS_IN]->(:Graph {id: key})
   WITH s, o ORDER BY s.rank
-  RETURN collect({s: s {.*}, weight: o.weight, influence: o.influence}) AS rows
+  RETURN collect({s: s {.*}, weight: o.weight, influence: o.influence, causal_drop: o.causal_drop,
+                  causal_logit_drop: o.causal_logit_drop}) AS rows
+}
+RETURN key, rows
+"""
+# the nodes `analysis/causal.py` ablates for one occurrence (its step 1): every kept FeatureNode of the
+# graph that is an instance of one of the subcircuit's member Features, at any position
+_MEMBER_NODES = """
+UNWIND $keys AS key
+CALL (key) {
+  MATCH (n:GraphNode:FeatureNode {graph: key[1]})-[:INSTANCE_OF]->(f:Feature)
+        <-[:HAS_MEMBER]-(:Subcircuit {key: key[0]})
+  WITH n, f ORDER BY n.layer, n.position, n.feature
+  RETURN collect(n {.node, .layer, .position, .feature, .influence, .activation, feature_key: f.key}) AS rows
 }
 RETURN key, rows
 """
@@ -327,9 +342,13 @@ class Repository:
         return {row[field]: row for row in self.read(query, keys=list(keys))[0]["rows"]}
 
     def grouped(self, query: str, keys: Sequence[Any], **params: Any) -> dict[Any, list]:
-        """Lists of a lookup of lists per key (module docstring, step 4); a key without rows gets []."""
+        """Lists of a lookup of lists per key (module docstring, step 4); a key without rows gets []. A
+        tuple key goes to Neo4j as a list and comes back as a tuple."""
         out: dict[Any, list] = {k: [] for k in keys}
-        out.update((r["key"], r["rows"]) for r in self.read(query, keys=list(keys), **params))
+        out.update(
+            (tuple(r["key"]) if isinstance(r["key"], list) else r["key"], r["rows"])
+            for r in self.read(query, keys=list(keys), **params)
+        )
         return out
 
     def library_batch(self, name: str, key_param: str, keys: Sequence[str], **params: Any) -> list[dict]:
@@ -433,6 +452,12 @@ class Repository:
 
     def subcircuits_of_graphs(self, ids: Sequence[str]) -> dict[str, list[dict]]:
         return self.grouped(_SUBCIRCUITS_OF_GRAPHS, ids)
+
+    def member_nodes(self, occurrences: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[dict]]:
+        """Per (subcircuit key, graph id): the graph's kept feature nodes that are instances of the
+        subcircuit's member Features, what the causal step ablates there (`analysis/causal.py`, step 1),
+        by layer, position and feature index; `feature` is the index, `feature_key` the Feature."""
+        return self.grouped(_MEMBER_NODES, occurrences)
 
     def supernodes_of(self, keys: Sequence[str]) -> dict[str, list[dict]]:
         """The supernodes each Feature (by key) belongs to (an index seek, not a scan of all members)."""

@@ -696,12 +696,21 @@ class Subcircuit:
 
 
 @strawberry.type(
-    description="A subcircuit in one graph: its summed edge weight and largest member influence."
+    description="A subcircuit in one graph: its summed edge weight, largest member influence and what "
+    "ablating it there does to the graph's answer."
 )
 class SubcircuitOccurrence:
     graph_id: strawberry.ID
     weight: float | None
     influence: float | None
+    causal_drop: float | None = strawberry.field(
+        description="Share of the answer's lead (its logit minus the best other logit) taken away when "
+        "memberNodes are ablated on the real model (`analyze --step causal`): 0 no effect, 1 the answer "
+        "ties, above 1 the answer changes, negative it grew; null: not measured."
+    )
+    causal_logit_drop: float | None = strawberry.field(
+        description="That drop of the lead in logits; null: not measured."
+    )
     subcircuit_row: strawberry.Private[dict | None]
     subcircuit_key: strawberry.Private[str | None] = None
 
@@ -709,11 +718,36 @@ class SubcircuitOccurrence:
     async def graph(self, info: Info) -> Graph | None:
         return await _graph(info, self.graph_id)
 
+    @strawberry.field(
+        description="The graph's kept feature nodes that are instances of the subcircuit's member "
+        "features, by layer, position and feature index: what the causal step ablates together here (as "
+        "`intervene` takes features: layer, position, featureIndex)."
+    )
+    async def member_nodes(self, info: Info) -> list[SubcircuitMemberNode]:
+        key = self.subcircuit_row["key"] if self.subcircuit_row else self.subcircuit_key
+        rows = await _ctx(info).loaders.member_nodes.load((key, self.graph_id))
+        return [_from_row(SubcircuitMemberNode, r, feature_index="feature") for r in rows]
+
     @strawberry.field
     async def subcircuit(self, info: Info) -> Subcircuit | None:
         if self.subcircuit_row:
             return Subcircuit.of(self.subcircuit_row)
         return await _subcircuit(info, self.subcircuit_key)
+
+
+@strawberry.type(description="A feature node of one graph that is an instance of a subcircuit's member.")
+class SubcircuitMemberNode:
+    node: strawberry.ID
+    layer: int
+    position: int
+    feature_index: int
+    feature_key: strawberry.ID
+    influence: float | None
+    activation: float | None
+
+    @strawberry.field
+    async def feature(self, info: Info) -> Feature | None:
+        return await _feature(info, self.feature_key)
 
 
 @strawberry.type(
@@ -765,6 +799,12 @@ class SubcircuitAcross:
     unique_to: strawberry.ID | None
     weight: list[float | None]
     influence: list[float | None]
+    causal_drop: list[float | None] = strawberry.field(
+        description="Its occurrence's causalDrop, per graph (null: absent or not measured)."
+    )
+    causal_logit_drop: list[float | None] = strawberry.field(
+        description="Its occurrence's causalLogitDrop, per graph (null: absent or not measured)."
+    )
 
     @strawberry.field
     async def subcircuit(self, info: Info) -> Subcircuit | None:
@@ -840,7 +880,11 @@ class GraphComparison:
             for r in rows:
                 values.setdefault(r["s"]["key"], {})[graph_id] = r
         return [
-            _from_row(SubcircuitAcross, r, _per_graph(r, self.graph_ids, "weight", "influence"))
+            _from_row(
+                SubcircuitAcross,
+                r,
+                _per_graph(r, self.graph_ids, "weight", "influence", "causal_drop", "causal_logit_drop"),
+            )
             for r in _across(values, self.graph_ids, only)[:limit]
         ]
 

@@ -1,31 +1,22 @@
 """The dashboard in a real headless Chromium (Playwright) against a real uvicorn server and Neo4j.
 
 Every view is opened by its hash route or by clicking, checked against what the GraphQL API returns, and
-screenshotted to artifacts/screenshots/<view>.png. Chromium comes from the OS packages (Debian:
-`apt-get install chromium`), or CIRCUITBASE_CHROMIUM names the binary; without it the tests fail.
+screenshotted to artifacts/screenshots/<view>.png (tests/browser.py: the server, Chromium and the steps).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-import socket
-import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
 import neo4j
 import pytest
 import torch
-import uvicorn
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from circuitbase.analysis.run import run_analysis
 from circuitbase.api.app import ApiConfig, create_app
@@ -34,6 +25,7 @@ from circuitbase.api.interventions import ModelSource
 from circuitbase.engine.interventions import FeatureIntervention
 from circuitbase.ingest.model import feature_key, graph_id
 from tests.api_data import FIXTURES, SYNTHETIC, TEXTS
+from tests.browser import SCREENSHOTS, api, browser_page, goto, row_ids, serve, shown
 from tests.intervention_reference import Reference, reference
 from tests.numerics import assert_close
 from tests.planted_labels import CONTEXTS, LABEL, LABELLED, LENS_ONLY, planted_key, write_planted_labels
@@ -42,30 +34,6 @@ pytest_plugins = ["tests.api_data"]  # the graph_files and store fixtures
 pytestmark = pytest.mark.neo4j
 
 TINY = FIXTURES / "tiny-llama", FIXTURES / "plt-relu"  # the tiny graphs' model and transcoders
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
-CHROMIUM_ENV = "CIRCUITBASE_CHROMIUM"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    """The Chromium binary: $CIRCUITBASE_CHROMIUM, else `chromium` on PATH; a clear failure without one."""
-    found = os.environ.get(CHROMIUM_ENV) or shutil.which("chromium")
-    if not found:
-        pytest.fail(
-            "the dashboard tests need Chromium: install it from the OS packages "
-            f"(Debian: apt-get install -y chromium) or set {CHROMIUM_ENV} to its binary",
-            pytrace=False,
-        )
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -79,74 +47,19 @@ def analysed(store: neo4j.Driver) -> neo4j.Driver:
 
 @pytest.fixture(scope="module")
 def base_url(analysed: neo4j.Driver) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port, in a thread; it runs the tiny graphs' model for
-    interventions (on the CPU)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    """A real uvicorn server running the tiny graphs' model for interventions (on the CPU)."""
     config = ApiConfig(intervention_models=(ModelSource(*map(str, TINY)),), intervention_device="cpu")
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config=config, driver=analysed), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the dashboard server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from serve(create_app(config=config, driver=analysed))
 
 
 @pytest.fixture(scope="module")
 def page(base_url: str) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(base_url + "/")
-        yield page
-        browser.close()
-        assert not errors, errors
+    yield from browser_page(base_url)
 
 
 @pytest.fixture(scope="module")
 def api_key(analysed: neo4j.Driver) -> str:
     return create_key(analysed, name="dashboard-tests")[1]
-
-
-def api(base_url: str, query: str, key: str | None = None, **variables: Any) -> dict:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    body = httpx.post(f"{base_url}/graphql", json={"query": query, "variables": variables}, headers=headers)
-    assert "errors" not in body.json(), body.json()
-    return body.json()["data"]
-
-
-def shown(page: Page, action: Callable[[], object], view: str, screenshot: str | None = None) -> None:
-    """Do `action` (a navigation or a click), wait until `view` has rendered without error, screenshot it."""
-    page.evaluate("document.getElementById('view').removeAttribute('data-ready')")
-    action()
-    page.wait_for_selector(f'#view[data-ready="{view}"]', timeout=15_000)
-    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
-    if screenshot:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=SCREENSHOTS / f"{screenshot}.png", full_page=True)
-
-
-def goto(page: Page, base_url: str, route: str, view: str, screenshot: str | None = None) -> None:
-    """Open `route` (reloading when the page is on it already: the same hash fires no hashchange)."""
-    url = f"{base_url}/#/{route}"
-    shown(page, lambda: page.reload() if page.url == url else page.goto(url), view, screenshot)
-
-
-def row_ids(page: Page, testid: str, attribute: str) -> list[str]:
-    return page.eval_on_selector_all(
-        f'[data-testid="{testid}"]', f"rows => rows.map(r => r.getAttribute('{attribute}'))"
-    )
 
 
 def test_dashboard_and_static_files_are_served(base_url: str) -> None:

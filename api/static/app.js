@@ -9,8 +9,10 @@
 //                                    tokens before and after
 //   #/feature/<key>                  its top activating contexts, every graph and subcircuit it takes part
 //                                    in, what drives it and what it drives
-//   #/subcircuits                    recurring subcircuits by rank (total influence) as sentences, with the
-//                                    prompts they occur in; #/subcircuit/<key> one of them
+//   #/subcircuits                    recurring subcircuits by rank (total influence) as sentences, with their
+//                                    causal support and the prompts they occur in with their causal drops;
+//                                    #/subcircuit/<key> one of them, each graph with "Ablate in this graph"
+//                                    (its features zeroed there: top tokens before and after, answer flips/holds)
 //   #/compare?a=&b= | ?split=correct | ?aTag=&bTag=   two prompts or two prompt sets side by side (&fdr=, 0.05);
 //                                    without sides: right vs wrong when graphs have correctness, else the two
 //                                    largest tags
@@ -528,23 +530,14 @@ function interventionPanel(graph) {
     runButton.disabled = picks.size === 0;
   }
 
-  async function run() {
+  function run() {
     const features = [...picks.values()].map(({ n, row }) => {
       const op = row.querySelector(".pick-op").value;
       const amount = Number(row.querySelector(".pick-amount").value);
       return { layer: n.layer, position: n.position, feature: n.featureIndex, ...(op === "scale" ? { scale: amount } : op === "set" ? { value: amount } : {}) };
     });
-    result.dataset.state = "running";
-    result.replaceChildren(el("p", { class: "muted" }, "running the model…"));
-    try {
-      const top = Number($("#intervene-top").value);
-      const out = (await gql(INTERVENE_QUERY, { id: graph.id, features, free: $("#intervene-attention").value === "free", top })).intervene;
-      result.replaceChildren(...interventionResult(out));
-      result.dataset.state = "done";
-    } catch (error) {
-      result.replaceChildren(el("p", { id: "intervene-error", "data-testid": "intervene-error", class: "error" }, error.message));
-      result.dataset.state = "error";
-    }
+    const top = Number($("#intervene-top").value);
+    return runIntervention(result, { graphId: graph.id, features, free: $("#intervene-attention").value === "free", top });
   }
 
   const element = el(
@@ -566,10 +559,25 @@ function interventionPanel(graph) {
   return { element, picking: () => pickMode.checked, toggle };
 }
 
-function topTable(testid, title, rows) {
+/** Run an intervention (the `intervene` query: graph `graphId`, `features` as FeatureChangeInput) and show its
+ *  answer in `result`, whose data-state goes running → done or error; ids in it start with `prefix`. */
+async function runIntervention(result, { graphId, features, free, top }, prefix = "intervene") {
+  result.dataset.state = "running";
+  result.replaceChildren(el("p", { class: "muted" }, "running the model…"));
+  try {
+    const out = (await gql(INTERVENE_QUERY, { id: graphId, features, free, top })).intervene;
+    result.replaceChildren(...interventionResult(out, prefix));
+    result.dataset.state = "done";
+  } catch (error) {
+    result.replaceChildren(el("p", { id: `${prefix}-error`, "data-testid": "intervene-error", class: "error" }, error.message));
+    result.dataset.state = "error";
+  }
+}
+
+function topTable(testid, side, title, rows) {
   return el(
     "section",
-    { class: "side" },
+    { class: "side", "data-side": side },
     el("h3", {}, title),
     table(
       testid,
@@ -581,7 +589,18 @@ function topTable(testid, title, rows) {
   );
 }
 
-function interventionResult(out) {
+/** Whether the answer (the top token) changed: 'answer flips: "a" → "b"' or 'answer holds: "a"'. */
+function answerVerdict(out) {
+  const [before, after] = [out.before[0], out.after[0]];
+  const flips = before.tokenId !== after.tokenId;
+  return el(
+    "p",
+    { class: `verdict ${flips ? "flips" : "holds"}`, "data-testid": "answer-verdict", "data-flips": String(flips) },
+    flips ? `answer flips: ${JSON.stringify(before.text)} → ${JSON.stringify(after.text)}` : `answer holds: ${JSON.stringify(before.text)}`,
+  );
+}
+
+function interventionResult(out, prefix) {
   const changes = out.logitChanges.map((c) =>
     el(
       "tr",
@@ -594,9 +613,10 @@ function interventionResult(out) {
   );
   const activations = out.changes.map((c) => `L${c.layer} @${c.position} #${c.feature}: ${fmt(c.activationBefore)} → ${fmt(c.activationAfter)}`);
   return [
-    el("div", { class: "columns" }, topTable("intervene-before", "Before", out.before), topTable("intervene-after", "After", out.after)),
+    answerVerdict(out),
+    el("div", { class: "columns" }, topTable(`${prefix}-before`, "before", "Before", out.before), topTable(`${prefix}-after`, "after", "After", out.after)),
     el("h3", {}, "Logit changes"),
-    table("intervene-changes", ["token", "before", "after", "change"], changes),
+    table(`${prefix}-changes`, ["token", "before", "after", "change"], changes),
     el("p", { class: "muted" }, `activations: ${activations.join("; ")}`),
   ];
 }
@@ -689,21 +709,66 @@ async function showFeature(key) {
 
 // ---------------------------------------------------------------------------------------- subcircuits
 
-const SUBCIRCUIT_FIELDS = `key rank support supportFraction influence weight sentence
+const OCCURRENCE_FIELDS = "graphId weight causalDrop causalLogitDrop graph { promptId promptText correct }";
+
+const SUBCIRCUIT_FIELDS = (occurrence) => `key rank support supportFraction influence weight sentence causalSupport causalOccurrences
   edges { source target sourceText targetText }
-  occurrences(limit: 25) { graphId weight graph { promptId promptText correct } }`;
+  occurrences(limit: 25) { ${occurrence} }`;
 
 const SUBCIRCUITS_QUERY = `query($after: String) { subcircuits(first: 20, after: $after) {
-  edges { node { ${SUBCIRCUIT_FIELDS} } } pageInfo { hasNextPage endCursor } } }`;
+  edges { node { ${SUBCIRCUIT_FIELDS(OCCURRENCE_FIELDS)} } } pageInfo { hasNextPage endCursor } } }`;
 
-const SUBCIRCUIT_QUERY = `query($key: ID!) { subcircuit(key: $key) { ${SUBCIRCUIT_FIELDS} } }`;
+const SUBCIRCUIT_QUERY = `query($key: ID!) {
+  subcircuit(key: $key) { ${SUBCIRCUIT_FIELDS(`${OCCURRENCE_FIELDS} memberNodes { layer position featureIndex }`)} }
+  analysisRuns { step params } }`;
 
-/** A subcircuit as a card: rank, support, its sentence, its edges in words and the graphs it occurs in. */
-function subcircuitCard(s, names) {
+const CAUSAL_DROP_HELP =
+  "Causal drop: the share of the answer's lead (its logit minus the best other logit) taken away when the subcircuit's " +
+  "features are ablated in this graph on the real model; 1: the answer ties, above 1: the answer changes.";
+
+/** Causal support in words: 'causal support 0.92 over 12 occurrences', or 'causal support not measured'. */
+function causalSupportText(s) {
+  if (s.causalSupport === null) return "causal support not measured";
+  return `causal support ${s.causalSupport.toFixed(2)} over ${s.causalOccurrences} occurrence${s.causalOccurrences === 1 ? "" : "s"}`;
+}
+
+/** An occurrence's causal drop in words: 'causal drop 1.35 (2.10 logits)', or 'causal drop not measured'. */
+function causalDropText(o) {
+  if (o.causalLogitDrop === null) return "causal drop not measured";
+  return `causal drop ${o.causalDrop === null ? "–" : o.causalDrop.toFixed(2)} (${o.causalLogitDrop.toFixed(2)} logits)`;
+}
+
+/** "Ablate in this graph": zero the occurrence's member nodes (what the causal step ablates there) in its graph's
+ *  prompt, attention as that step ran (`free`), and show the top tokens before and after in `result`. */
+function ablateButton(o, index, free) {
+  const result = el("div", { class: "ablate-result", "data-testid": "ablate-result" });
+  const features = o.memberNodes.map((n) => ({ layer: n.layer, position: n.position, feature: n.featureIndex }));
+  const where = o.memberNodes.map((n) => `L${n.layer} @${n.position} #${n.featureIndex}`).join(", ");
+  const button = el(
+    "button",
+    {
+      "data-testid": "ablate",
+      title: `zero ${where} (attention ${free ? "free" : "frozen"}, as the causal step ran)`,
+      onclick: () => runIntervention(result, { graphId: o.graphId, features, free, top: 5 }, `ablate-${index}`),
+    },
+    "Ablate in this graph",
+  );
+  return [" ", button, result];
+}
+
+/** A subcircuit as a card: rank, support and causal support, its sentence, its edges in words and the graphs it
+ *  occurs in with their causal drops; with `ablation` ({ free }: the causal step's attention), each graph gets an
+ *  "Ablate in this graph" button. */
+function subcircuitCard(s, names, ablation = null) {
   return el(
     "article",
     { class: "card", "data-testid": "subcircuit", "data-key": s.key, "data-support": s.support, "data-rank": s.rank },
-    el("h3", {}, `#${s.rank} · support ${s.support} (${(100 * s.supportFraction).toFixed(0)}% of graphs) · influence ${fmt(s.influence)}`),
+    el(
+      "h3",
+      {},
+      `#${s.rank} · support ${s.support} (${(100 * s.supportFraction).toFixed(0)}% of graphs) · influence ${fmt(s.influence)} · `,
+      el("span", { "data-testid": "causal-support", "data-value": s.causalSupport ?? "" }, causalSupportText(s)),
+    ),
     el("p", { class: "sentence", "data-testid": "subcircuit-sentence" }, s.sentence),
     el(
       "details",
@@ -714,8 +779,17 @@ function subcircuitCard(s, names) {
     el(
       "ul",
       { class: "occurrences" },
-      s.occurrences.map((o) =>
-        el("li", { "data-testid": "occurrence", "data-graph-id": o.graphId }, graphLink(o.graphId, o.graph?.promptText ?? o.graphId), " ", correctBadge(o.graph?.correct), ` weight ${fmt(o.weight)}`),
+      s.occurrences.map((o, i) =>
+        el(
+          "li",
+          { "data-testid": "occurrence", "data-graph-id": o.graphId },
+          graphLink(o.graphId, o.graph?.promptText ?? o.graphId),
+          " ",
+          correctBadge(o.graph?.correct),
+          ` weight ${fmt(o.weight)} · `,
+          el("span", { class: "causal-drop", "data-testid": "causal-drop", "data-value": o.causalDrop ?? "", title: CAUSAL_DROP_HELP }, causalDropText(o)),
+          ablation && o.memberNodes.length ? ablateButton(o, i, ablation.free) : null,
+        ),
       ),
     ),
   );
@@ -731,9 +805,26 @@ async function showSubcircuits() {
   ];
 }
 
+/** Whether the causal step let attention respond (its recorded freeze_attention; free when it has not run). */
+function causalAttentionFree(runs) {
+  const params = runs.find((r) => r.step === "causal")?.params;
+  return !(params && JSON.parse(params).freeze_attention);
+}
+
 async function showSubcircuit(key) {
-  const [s, names] = await Promise.all([gql(SUBCIRCUIT_QUERY, { key }).then((d) => d.subcircuit), models()]);
-  return [el("h1", {}, `Subcircuit #${s.rank}`), el("p", {}, el("a", { href: "#/subcircuits" }, "all recurring subcircuits")), subcircuitCard(s, names)];
+  const [data, names] = await Promise.all([gql(SUBCIRCUIT_QUERY, { key }), models()]);
+  const free = causalAttentionFree(data.analysisRuns);
+  return [
+    el("h1", {}, `Subcircuit #${data.subcircuit.rank}`),
+    el("p", {}, el("a", { href: "#/subcircuits" }, "all recurring subcircuits")),
+    el(
+      "p",
+      { class: "muted", id: "ablate-help" },
+      `“Ablate in this graph” zeroes every kept instance of this subcircuit's features in that graph, as the causal step did (attention ${free ? "free" : "frozen"}), and reruns the model on its prompt. `,
+      CAUSAL_DROP_HELP,
+    ),
+    subcircuitCard(data.subcircuit, names, { free }),
+  ];
 }
 
 // ---------------------------------------------------------------------------------------- compare
