@@ -13,7 +13,8 @@ graphs each) is printed with their ratio: a write that grows with what is alread
 ratio above 1 (the guard: at 1,000 graphs it must stay under 1.5). Bulk: the same graphs saved as
 files, then `ingest.bulk.bulk_import_files` (read files -> CSV -> stop, neo4j-admin import, start ->
 schema + job), timed end to end; the importer alone is shown too. The bench runs its own local Neo4j
-instance "bench" (wiped first, stopped at the end); with CIRCUITBASE_NEO4J_URI and `--wipe` it times
+instance "bench" with `circuitbase neo4j start`'s default heap (4g) and page cache (2g) (wiped first,
+stopped at the end); with CIRCUITBASE_NEO4J_URI and `--wipe` it times
 the online path there only. Each size given to `--graphs` is a separate run on an empty database.
 With two or more sizes on the local instance, a sizing table follows: nodes, relationships, the bulk-loaded
 store and both load times per graph, extrapolated to 100K and 1M graphs (`sizing.py` gives the model).
@@ -57,7 +58,7 @@ from circuitbase.settings import (
 )
 
 ROWS_CHUNK = 100  # graphs whose rows are built at once, off the clock (bounds memory at 1,000 graphs)
-BENCH_INSTANCE = InstanceConfig(name="bench", bolt_port=7699, http_port=7486, heap="1g", pagecache="512m")
+BENCH_INSTANCE = InstanceConfig(name="bench", bolt_port=7699, http_port=7486)  # default heap, page cache
 
 
 def synthetic_graph(

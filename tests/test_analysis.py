@@ -276,9 +276,12 @@ def test_cli_analyze_and_compare(
         monkeypatch.setenv(name, value)
     monkeypatch.setenv(PASSWORD_ENV, neo4j_settings.password)
     runner = CliRunner()
-    result = runner.invoke(app, ["analyze", "--step", "subcircuits", "--min-support", "3", "--no-progress"])
+    args = ["analyze", "--step", "subcircuits", "--min-support", "3", "--subset-tolerance", "0.25"]
+    result = runner.invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "recurring_edges=7" in result.output and "written=2" in result.output
+    records, _, _ = clean_db.execute_query("MATCH (r:AnalysisRun {id: 'subcircuits'}) RETURN r.params AS p")
+    assert json.loads(records[0]["p"])["subset_tolerance"] == 0.25
     result = runner.invoke(app, ["compare", "--split", "correct", "--limit", "3"])
     assert result.exit_code == 0, result.output
     expected = f"A = correct ({n_correct} graphs) vs B = incorrect ({len(rows) - n_correct} graphs)"

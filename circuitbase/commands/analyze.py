@@ -36,6 +36,13 @@ def analyze_command(
         0.6, help="Subcircuits: least share of each member feature's graphs a subcircuit must occur in."
     ),
     max_subcircuits: int = typer.Option(500, help="Subcircuits: how many (best ranked) are written."),
+    subset_tolerance: float = typer.Option(
+        0.1,
+        min=0.0,
+        max=1.0,
+        help="Subcircuits: drop one when a larger one holding all its edges occurs in at least "
+        "(1 - this) of its graphs (0: only when in all of them).",
+    ),
     causal: bool = typer.Option(
         True,
         help="Causal support: ablate each subcircuit in the graphs it occurs in on the real model "
@@ -94,6 +101,7 @@ def analyze_command(
                 min_support_fraction=min_support_fraction,
                 min_specificity=min_specificity,
                 max_subcircuits=max_subcircuits,
+                subset_tolerance=subset_tolerance,
             ),
             causal=CausalConfig(
                 threshold=causal_threshold,
