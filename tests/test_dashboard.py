@@ -16,7 +16,7 @@ import httpx
 import neo4j
 import pytest
 import torch
-from playwright.sync_api import Page
+from playwright.sync_api import Page, Route
 
 from circuitbase.analysis.run import run_analysis
 from circuitbase.api.app import ApiConfig, create_app
@@ -577,3 +577,32 @@ def test_feature_page_lists_contexts_graphs_and_subcircuits(page: Page, base_url
     assert row_ids(page, "prompt-row", "data-prompt-id") == [
         e["node"]["id"] for e in every["prompts"]["edges"]
     ]
+
+
+def test_leaving_a_graph_page_before_it_loads_keeps_the_new_url(page: Page, base_url: str) -> None:
+    """The graph's answer is held until the user has moved on; when it lands, the URL stays put."""
+    goto(page, base_url, "prompts", "prompts")
+    held = []
+
+    def hold_graph_query(route: Route) -> None:
+        if "graph(id:" in (route.request.post_data or ""):
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/graphql", hold_graph_query)
+    try:
+        page.evaluate(f"location.hash = '#/graph/{quote(graph_id('fixtures/plt-relu', 'p1'), safe='')}'")
+        for _ in range(200):
+            if held:
+                break
+            page.wait_for_timeout(25)
+        assert held, "the graph page never asked for its graph"
+        shown(page, lambda: page.evaluate("location.hash = '#/prompts'"), "prompts")
+        held[0].continue_()
+        page.wait_for_function("document.querySelectorAll('[data-testid=prompt-row]').length > 0")
+        page.wait_for_timeout(1_000)  # the graph's answer lands and its page is dropped
+        assert page.url.endswith("#/prompts")
+        assert page.locator('#view[data-ready="prompts"]').count() == 1
+    finally:
+        page.unroute("**/graphql")

@@ -365,6 +365,7 @@ function nodeLabels(nodes, at) {
 /** The graph page: the drawing, its influence filter, the selected node's paths, the subgraph panel
  *  (subgraph.js) and the intervention panel; keep, pinned and clicked live in the URL without reloading. */
 async function showGraph(id, params) {
+  const ticket = routed; // the route this page belongs to: once another started, it leaves the URL alone
   const minInfluence = Number(params.get("minInfluence") ?? 0);
   const topK = Number(params.get("topK") ?? 300);
   const graph = (await gql(GRAPH_QUERY, { id, minInfluence, topK })).graph;
@@ -435,7 +436,7 @@ async function showGraph(id, params) {
     selection.render(paths);
     subgraph.render();
     const query = new URLSearchParams(Object.entries(where()).filter(([, v]) => v !== "" && v !== null && v !== undefined));
-    history.replaceState(null, "", `#/graph/${encodeURIComponent(id)}${query.toString() ? "?" + query : ""}`);
+    if (ticket === routed) history.replaceState(null, "", `#/graph/${encodeURIComponent(id)}${query.toString() ? "?" + query : ""}`);
   }
 
   const apply = () => go(`graph/${encodeURIComponent(id)}`, { ...where(), minInfluence: $("#min-influence").value, topK: $("#top-k").value });
