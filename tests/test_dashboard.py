@@ -579,30 +579,40 @@ def test_feature_page_lists_contexts_graphs_and_subcircuits(page: Page, base_url
     ]
 
 
-def test_leaving_a_graph_page_before_it_loads_keeps_the_new_url(page: Page, base_url: str) -> None:
-    """The graph's answer is held until the user has moved on; when it lands, the URL stays put."""
-    goto(page, base_url, "prompts", "prompts")
+@pytest.mark.parametrize(
+    ("route", "held_query"),
+    [
+        (f"graph/{quote(graph_id('fixtures/plt-relu', 'p1'), safe='')}", "graph(id:"),
+        ("compare", "prompts(filter:"),  # the default sides rewrite the URL once the prompts are in
+    ],
+)
+def test_leaving_a_page_before_it_loads_keeps_the_new_url(
+    page: Page, base_url: str, route: str, held_query: str
+) -> None:
+    """The page's answer is held until the user has moved on; when it lands, the URL stays put."""
+    page.goto(f"{base_url}/?fresh#/subcircuits")  # a new document: nothing loaded or cached yet
+    page.wait_for_selector('#view[data-ready="subcircuits"]', timeout=15_000)
     held = []
 
-    def hold_graph_query(route: Route) -> None:
-        if "graph(id:" in (route.request.post_data or ""):
-            held.append(route)
+    def hold(request_route: Route) -> None:
+        if held_query in (request_route.request.post_data or ""):
+            held.append(request_route)
         else:
-            route.continue_()
+            request_route.continue_()
 
-    page.route("**/graphql", hold_graph_query)
+    page.route("**/graphql", hold)
     try:
-        page.evaluate(f"location.hash = '#/graph/{quote(graph_id('fixtures/plt-relu', 'p1'), safe='')}'")
+        page.evaluate(f"location.hash = '#/{route}'")
         for _ in range(200):
             if held:
                 break
             page.wait_for_timeout(25)
-        assert held, "the graph page never asked for its graph"
-        shown(page, lambda: page.evaluate("location.hash = '#/prompts'"), "prompts")
-        held[0].continue_()
-        page.wait_for_function("document.querySelectorAll('[data-testid=prompt-row]').length > 0")
-        page.wait_for_timeout(1_000)  # the graph's answer lands and its page is dropped
-        assert page.url.endswith("#/prompts")
-        assert page.locator('#view[data-ready="prompts"]').count() == 1
+        assert held, f"the {route} page never asked for its data"
+        shown(page, lambda: page.evaluate("location.hash = '#/subcircuits'"), "subcircuits")
+        for request_route in held:
+            request_route.continue_()
+        page.wait_for_timeout(1_000)  # the answer lands and its page is dropped
+        assert page.url.endswith("#/subcircuits")
+        assert page.locator('#view[data-ready="subcircuits"]').count() == 1
     finally:
         page.unroute("**/graphql")

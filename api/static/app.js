@@ -365,7 +365,7 @@ function nodeLabels(nodes, at) {
 /** The graph page: the drawing, its influence filter, the selected node's paths, the subgraph panel
  *  (subgraph.js) and the intervention panel; keep, pinned and clicked live in the URL without reloading. */
 async function showGraph(id, params) {
-  const ticket = routed; // the route this page belongs to: once another started, it leaves the URL alone
+  const ticket = routed;
   const minInfluence = Number(params.get("minInfluence") ?? 0);
   const topK = Number(params.get("topK") ?? 300);
   const graph = (await gql(GRAPH_QUERY, { id, minInfluence, topK })).graph;
@@ -436,7 +436,7 @@ async function showGraph(id, params) {
     selection.render(paths);
     subgraph.render();
     const query = new URLSearchParams(Object.entries(where()).filter(([, v]) => v !== "" && v !== null && v !== undefined));
-    if (ticket === routed) history.replaceState(null, "", `#/graph/${encodeURIComponent(id)}${query.toString() ? "?" + query : ""}`);
+    replaceUrl(ticket, `#/graph/${encodeURIComponent(id)}${query.toString() ? "?" + query : ""}`);
   }
 
   const apply = () => go(`graph/${encodeURIComponent(id)}`, { ...where(), minInfluence: $("#min-influence").value, topK: $("#top-k").value });
@@ -998,13 +998,14 @@ async function compareSets(sides, fdr) {
 }
 
 async function showCompare(params) {
+  const ticket = routed;
   const prompts = await everyPrompt();
   let opened = null;
   if (![...params.keys()].some((k) => ["a", "b", "split", "aTag", "bTag"].includes(k))) {
     const sides = defaultSides(prompts);
     if (sides) {
       for (const [k, v] of Object.entries(sides)) params.set(k, v);
-      history.replaceState(null, "", `#/compare?${params}`);
+      replaceUrl(ticket, `#/compare?${params}`);
       opened = el("p", { class: "muted", id: "compare-default", "data-testid": "compare-default" }, sides.split ? "Opened on right vs wrong answers; pick other sides above." : `Opened on the two largest tags, ${sides.aTag} vs ${sides.bTag}; pick other sides above.`);
     }
   }
@@ -1023,6 +1024,12 @@ function $(selector) {
 }
 
 let routed = 0; // routes started: a page whose data comes back after a newer route started is dropped
+
+/** Rewrite the URL to `hash` for the page of route `ticket` (`routed` when that page started), unless the user
+ *  has moved on since: a page whose data lands late must not take the URL back. */
+function replaceUrl(ticket, hash) {
+  if (ticket === routed) history.replaceState(null, "", hash);
+}
 
 async function route() {
   const ticket = ++routed;
