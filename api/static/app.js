@@ -864,23 +864,25 @@ function compareForm(params, prompts) {
     else if ($("#compare-split").value === "correct") go("compare", { split: "correct" });
     else go("compare", { aTag: $("#compare-a-tag").value, bTag: $("#compare-b-tag").value });
   };
-  const toggle = () => {
-    $("#pick-prompts").hidden = $("#compare-mode").value !== "prompts";
-    $("#pick-sets").hidden = $("#compare-mode").value !== "sets";
+  const pickPrompts = el("span", { class: "group", id: "pick-prompts" }, "A ", select("compare-a", ids, params.get("a") ?? ids[0]?.[0]), " B ", select("compare-b", ids, params.get("b") ?? ids[1]?.[0]));
+  const pickSets = el(
+    "span",
+    { class: "group", id: "pick-sets" },
+    select("compare-split", [["correct", "correct vs incorrect"], ["tags", "tag vs tag"]], params.get("aTag") ? "tags" : "correct"),
+    " A ", select("compare-a-tag", tags, params.get("aTag") ?? tags[0]?.[0]),
+    " B ", select("compare-b-tag", tags, params.get("bTag") ?? tags[1]?.[0]),
+  );
+  const showPicks = (chosen) => {
+    pickPrompts.hidden = chosen !== "prompts";
+    pickSets.hidden = chosen !== "sets";
   };
-  setTimeout(toggle);
+  showPicks(mode); // on the elements themselves: a page dropped before it was shown has none in the document
   return el(
     "div",
     { class: "controls" },
-    select("compare-mode", [["prompts", "two prompts"], ["sets", "two prompt sets"]], mode, { onchange: toggle }),
-    el("span", { class: "group", id: "pick-prompts" }, "A ", select("compare-a", ids, params.get("a") ?? ids[0]?.[0]), " B ", select("compare-b", ids, params.get("b") ?? ids[1]?.[0])),
-    el(
-      "span",
-      { class: "group", id: "pick-sets" },
-      select("compare-split", [["correct", "correct vs incorrect"], ["tags", "tag vs tag"]], params.get("aTag") ? "tags" : "correct"),
-      " A ", select("compare-a-tag", tags, params.get("aTag") ?? tags[0]?.[0]),
-      " B ", select("compare-b-tag", tags, params.get("bTag") ?? tags[1]?.[0]),
-    ),
+    select("compare-mode", [["prompts", "two prompts"], ["sets", "two prompt sets"]], mode, { onchange: (event) => showPicks(event.target.value) }),
+    pickPrompts,
+    pickSets,
     el("button", { id: "compare-run", "data-testid": "compare-run", onclick: run }, "compare"),
   );
 }
