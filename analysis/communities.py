@@ -16,14 +16,7 @@ from typing import Any
 
 import neo4j
 
-from circuitbase.analysis.gds import (
-    AnalysisError,
-    aggregated_projection,
-    finish_run,
-    open_gds,
-    record_run,
-    seen_in_min_graphs,
-)
+from circuitbase.analysis.gds import AnalysisError, aggregated_projection, finish_run, open_gds, record_run
 
 STEP = "communities"
 ALGORITHMS = ("leiden", "louvain")
@@ -54,7 +47,8 @@ CALL (n) {
 """
 _INTERNAL_WEIGHT = """
 MATCH (a)-[e:ATTRIBUTES]->(b)
-WHERE __seen_in__ AND (a:Feature OR a:Token) AND a.community IS NOT NULL AND a.community = b.community
+WHERE (a:Feature OR a:Token) AND a.community IS NOT NULL AND e.graphs >= $min_graphs
+  AND a.community = b.community
 WITH a.community AS community, sum(e.sum_abs) AS internal
 MATCH (s:Supernode {key: $algorithm + '-' + toString(community)})
 SET s.internal_weight = internal
@@ -112,8 +106,7 @@ def find_supernodes(
             _SUPERNODES, min_size=config.min_size, algorithm=config.algorithm, run=STEP
         ).single()
         session.run(_MEMBERS, algorithm=config.algorithm, batch=config.batch).consume()
-        internal_weight = seen_in_min_graphs(_INTERNAL_WEIGHT, config.min_graphs)
-        session.run(internal_weight, algorithm=config.algorithm, min_graphs=config.min_graphs).consume()
+        session.run(_INTERNAL_WEIGHT, algorithm=config.algorithm, min_graphs=config.min_graphs).consume()
     result["supernodes"] = int(record["supernodes"]) if record else 0
     finish_run(driver, STEP, result, database=database)
     return result

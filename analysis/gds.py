@@ -19,14 +19,9 @@ from graphdatascience import Graph, GraphDataScience
 
 AGGREGATED_LABELS = ("Feature", "Token")
 
-# ATTRIBUTES `e` seen in >= $min_graphs graphs, by the threshold (see `seen_in_min_graphs`)
-_SEEN_IN = {
-    True: "e.recurring = true AND e.graphs >= $min_graphs",
-    False: "e.graphs >= $min_graphs",
-}
 _PROJECT_AGGREGATED = """
 MATCH (a)-[e:ATTRIBUTES]->(b)
-WHERE __seen_in__
+WHERE e.graphs >= $min_graphs
 WITH gds.graph.project($name, a, b, {
     sourceNodeLabels: [l IN labels(a) WHERE l IN $labels],
     targetNodeLabels: [l IN labels(b) WHERE l IN $labels],
@@ -35,14 +30,6 @@ WITH gds.graph.project($name, a, b, {
 }, {undirectedRelationshipTypes: $undirected}) AS projected
 RETURN projected.nodeCount AS nodes, projected.relationshipCount AS relationships
 """
-
-
-def seen_in_min_graphs(query: str, min_graphs: int) -> str:
-    """`query` with its `__seen_in__` condition on ATTRIBUTES `e`: from two graphs up a seek on the index of
-    `recurring` (true from an edge's second graph), else every edge. Fixed texts, chosen by the threshold."""
-    return query.replace("__seen_in__", _SEEN_IN[min_graphs >= 2])
-
-
 _RECORD = """
 MERGE (r:AnalysisRun {id: $id})
 SET r.params = $params, r.started = datetime(), r.status = 'running', r.finished = null, r.summary = null
@@ -97,7 +84,7 @@ def aggregated_projection(
     with projection(
         gds,
         name,
-        seen_in_min_graphs(_PROJECT_AGGREGATED, min_graphs),
+        _PROJECT_AGGREGATED,
         min_graphs=min_graphs,
         labels=list(AGGREGATED_LABELS),
         undirected=undirected_types,

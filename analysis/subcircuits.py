@@ -346,8 +346,6 @@ def mine_subcircuits(
     n_graphs = complete_graph_count(driver, database=database)
     if n_graphs == 0:
         raise AnalysisError("no complete graphs to mine subcircuits from")
-    if config.min_support < 2:
-        raise AnalysisError(f"min_support must be at least 2 (a subcircuit recurs), got {config.min_support}")
     k = max(config.min_support, math.ceil(config.min_support_fraction * n_graphs))
     record_run(driver, STEP, {**asdict(config), "k": k, "graphs": n_graphs}, database=database)
     edges = stream_recurring_edges(driver, min_weight=config.min_weight, min_support=k, database=database)

@@ -2,12 +2,11 @@
 // a start token (an input Token at position 0 of every complete graph: a constant, see "Recurrence" in
 // cypher/README.md). ATTRIBUTES counts every complete graph with a kept instance edge of the pair, so it
 // bounds the support of the pair from above (whatever the weight threshold); subcircuit mining checks each
-// candidate exactly with recurring_edges.cypher. `recurring` (set from an edge's second graph) makes this a
-// seek on its index, so `min_support` must be at least 2. Returns element ids, the cheapest handle to seek
-// the nodes again.
+// candidate exactly with recurring_edges.cypher. Returns element ids, the cheapest handle to seek the nodes
+// again.
 //
 // :param min_support => 2
 // :param start_tokens => ['toy/0']
 MATCH (u)-[r:ATTRIBUTES]->(v)
-WHERE r.recurring = true AND r.graphs >= $min_support AND NOT u.key IN $start_tokens
+WHERE r.graphs >= $min_support AND NOT u.key IN $start_tokens
 RETURN elementId(u) AS source, elementId(v) AS target

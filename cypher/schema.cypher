@@ -40,12 +40,10 @@ FOR (f:Feature) ON (f.set, f.layer);
 CREATE CONSTRAINT attributes_pair IF NOT EXISTS
 FOR ()-[e:ATTRIBUTES]-() REQUIRE e.pair IS UNIQUE;
 
-// aggregated edges seen in >= k >= 2 graphs (recurring-subcircuit candidates, the analysis projections) are
-// found by a seek on `recurring` (true once an edge is in two graphs, absent before) instead of a scan of
-// every ATTRIBUTES edge. An index on `graphs` itself would be rewritten by every update of every edge; this
-// one gets one entry per recurring edge, written once, and none for the edges seen once (most of them).
-CREATE INDEX attributes_recurring IF NOT EXISTS
-FOR ()-[e:ATTRIBUTES]-() ON (e.recurring);
+// aggregated edges seen in >= k graphs (recurring-subcircuit candidates, the analysis projections) are found
+// by a range seek instead of expanding every node's ATTRIBUTES
+CREATE INDEX attributes_graphs IF NOT EXISTS
+FOR ()-[e:ATTRIBUTES]-() ON (e.graphs);
 
 // ---- analysis (circuitbase.analysis): results of `circuitbase analyze` (see cypher/README.md) ----
 CREATE CONSTRAINT analysis_run_id IF NOT EXISTS

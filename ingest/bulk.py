@@ -288,14 +288,10 @@ class CsvExport:
         by_labels: dict[tuple[str, str], list[tuple]] = {}
         for (source, target, s, t), acc in self.aggregate.items():
             by_labels.setdefault((source, target), []).append((s, t, pair_key(s, t), *acc))
-        for (source, target), table in sorted(by_labels.items()):  # `recurring` as the writer sets it
-            for recurring in (False, True):
-                name = f"ATTRIBUTES-{source}-{target}" + ("-recurring" if recurring else "")
-                file = self._open("relationships", "ATTRIBUTES", name)
-                extra = ["recurring:boolean"] if recurring else []
-                header = [f":START_ID({source})", f":END_ID({target})", *_AGGREGATE_COLUMNS, *extra]
-                file.write_header(header)
-                file.write([(*r, "true") if recurring else r for r in table if (r[3] >= 2) == recurring])
+        for (source, target), table in sorted(by_labels.items()):
+            file = self._open("relationships", "ATTRIBUTES", f"ATTRIBUTES-{source}-{target}")
+            file.write_header([f":START_ID({source})", f":END_ID({target})", *_AGGREGATE_COLUMNS])
+            file.write(table)
         for _, _, file in self.files:
             file.close()
 

@@ -3,8 +3,6 @@
 1. Drop `//` comment lines, split the rest on `;` into statements.
 2. Refuse any statement that is not a `CREATE CONSTRAINT|INDEX ... IF NOT EXISTS` (so re-running never fails).
 3. Run each statement in its own auto-commit transaction (schema changes cannot share one with data).
-4. Migrate a database made by an earlier version: where the retired index on `ATTRIBUTES.graphs` exists,
-   mark its recurring edges (`recurring = true` where `graphs >= 2`, in batches) and drop that index.
 """
 
 import re
@@ -31,23 +29,12 @@ def schema_statements(text: str | None = None) -> list[str]:
     return statements
 
 
-_RETIRED_INDEX_EXISTS = "SHOW INDEXES YIELD name WHERE name = 'attributes_graphs' RETURN count(*) AS n"
-_DROP_RETIRED_INDEX = "DROP INDEX attributes_graphs IF EXISTS"
-_MARK_RECURRING = """
-MATCH ()-[e:ATTRIBUTES]->() WHERE e.graphs >= 2 AND e.recurring IS NULL
-CALL (e) { SET e.recurring = true } IN TRANSACTIONS OF $batch ROWS
-"""
-
-
 def apply_schema(driver: neo4j.Driver, *, database: str = "neo4j", text: str | None = None) -> list[str]:
     """Run every schema statement (from `text`, default the packaged file) on `database`; returns them."""
     statements = schema_statements(text)
     with driver.session(database=database) as session:
         for statement in statements:
             session.run(statement).consume()
-        if session.run(_RETIRED_INDEX_EXISTS).single(strict=True)["n"]:
-            session.run(_MARK_RECURRING, batch=10_000).consume()
-            session.run(_DROP_RETIRED_INDEX).consume()
     return statements
 
 

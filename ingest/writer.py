@@ -12,13 +12,11 @@
    contribution to the aggregated `ATTRIBUTES` edges, one statement per pair of endpoint labels: seek
    both endpoints by key, seek the edge in the unique index on `pair` (a hash of both keys; never an
    expansion of a popular Feature's thousands of edges), update it if it joins those endpoints, else
-   create it. An update also marks the edge `recurring` (in two graphs or more); an edge seen once has
-   no such property, so the index on it holds only the edges analysis seeks. The seek locks the index
-   entry of a missing pair until commit, so a concurrent writer of the same pair waits and then
-   updates it, or deadlocks and is retried: never a duplicate. A hash collision (endpoints differ) is
-   not matched; the create then fails on the constraint, loudly. Every statement is a seek or a create
-   per row, so a graph's write costs the same however many graphs are already loaded
-   (tests/test_ingest_plans.py checks the plans).
+   create it. The seek locks the index entry of a missing pair until commit, so a concurrent writer of
+   the same pair waits and then updates it, or deadlocks and is retried: never a duplicate. A hash
+   collision (endpoints differ) is not matched; the create then fails on the constraint, loudly. Every
+   statement is a seek or a create per row, so a graph's write costs the same however many graphs are
+   already loaded (tests/test_ingest_plans.py checks the plans).
 4. Mark the graph `complete` and `aggregated` and bump the job's counter, then commit. A crash before
    the commit leaves no trace of the graph, so a re-run redoes exactly the graphs that are not
    complete, and the aggregate never counts a graph twice. Readers never see a half-written graph.
@@ -98,8 +96,8 @@ UNWIND $rows AS r
 MATCH (a:{source} {{key: r[0]}})
 MATCH (b:{target} {{key: r[1]}})
 OPTIONAL MATCH (a)-[e:ATTRIBUTES {{pair: r[6]}}]->(b) USING INDEX SEEK e:ATTRIBUTES(pair)
-SET e.graphs = e.graphs + 1, e.recurring = true, e.edges = e.edges + r[2], e.sum = e.sum + r[3],
-    e.sum_abs = e.sum_abs + r[4], e.max_abs = CASE WHEN r[5] > e.max_abs THEN r[5] ELSE e.max_abs END
+SET e.graphs = e.graphs + 1, e.edges = e.edges + r[2], e.sum = e.sum + r[3], e.sum_abs = e.sum_abs + r[4],
+    e.max_abs = CASE WHEN r[5] > e.max_abs THEN r[5] ELSE e.max_abs END
 WITH a, b, r WHERE e IS NULL
 CREATE (a)-[:ATTRIBUTES {{pair: r[6], graphs: 1, edges: r[2], sum: 0.0 + r[3], sum_abs: 0.0 + r[4],
     max_abs: CASE WHEN r[5] > 0.0 THEN r[5] ELSE 0.0 END}}]->(b)

@@ -131,11 +131,9 @@ def test_aggregated_edges_count_graphs_and_sum_weights(db: neo4j.Driver, graph_d
     rows = query(
         db,
         "MATCH (a:Feature)-[e:ATTRIBUTES]->(b:Feature) RETURN a.key AS a, b.key AS b, e.graphs AS graphs, "
-        "e.sum AS sum, e.sum_abs AS sum_abs, e.max_abs AS max_abs, e.recurring AS recurring",
+        "e.sum AS sum, e.sum_abs AS sum_abs, e.max_abs AS max_abs",
     )
     assert {(r["a"], r["b"]): r["graphs"] for r in rows} == dict(graphs)
-    assert {r["recurring"] for r in rows if r["graphs"] >= 2} == {True}
-    assert {r["recurring"] for r in rows if r["graphs"] == 1} == {None}
     for r in rows:
         assert r["sum"] == pytest.approx(sums[(r["a"], r["b"])], rel=1e-6, abs=1e-9)
         assert r["sum_abs"] >= abs(r["sum"]) - 1e-9 and r["max_abs"] <= r["sum_abs"] + 1e-9

@@ -12,8 +12,6 @@ import re
 import neo4j
 import pytest
 
-from circuitbase.analysis.gds import seen_in_min_graphs
-from circuitbase.analysis.queries import load_query
 from circuitbase.analysis.synthetic import SyntheticConfig, synthetic_graph
 from circuitbase.ingest.schema import apply_schema
 from circuitbase.ingest.writer import (
@@ -88,57 +86,3 @@ def test_every_write_statement_seeks_its_indexes(clean_db: neo4j.Driver, loaded:
         if statement.name.startswith("aggregate"):  # the edge by its key, before the endpoints are compared
             pair = [op for op, details in ops if ":ATTRIBUTES(pair)" in details]
             assert pair == ["DirectedRelationshipUniqueIndexSeek(Locking)"], statement.name
-
-
-def recurring_index_reads(ops: list[tuple[str, str]]) -> int:
-    """How many operators read ATTRIBUTES through the index on `recurring` (a seek or a scan of it: it holds
-    only recurring edges); -1 when any scans all ATTRIBUTES edges."""
-    if [op for op, _ in ops if op in ("DirectedRelationshipTypeScan", "DirectedAllRelationshipsScan")]:
-        return -1
-    reads = ("DirectedRelationshipIndexSeek", "DirectedRelationshipIndexScan")
-    return sum(op in reads and ":ATTRIBUTES(recurring)" in details for op, details in ops)
-
-
-_COUNT_SEEN_IN = "MATCH ()-[e:ATTRIBUTES]->() WHERE __seen_in__ RETURN count(e) AS n"
-
-
-@pytest.mark.parametrize("min_graphs", [1, 2, 3])
-def test_analysis_seeks_recurring_edges_and_counts_them_right(
-    clean_db: neo4j.Driver, min_graphs: int
-) -> None:
-    """From two graphs up, the aggregated edges analysis reads are a seek on ATTRIBUTES(recurring) and
-    are exactly the edges with `graphs >= k` (as a scan finds them); below two, every edge."""
-    apply_schema(clean_db)
-    for i in range(CONFIG.n_graphs):
-        write_graph(clean_db, synthetic_graph(i, config=CONFIG))
-    query = seen_in_min_graphs(_COUNT_SEEN_IN, min_graphs)
-    ops = explain(clean_db, Statement("seen in", query, {"min_graphs": min_graphs}))
-    assert recurring_index_reads(ops) == (1 if min_graphs >= 2 else -1), ops
-    counted = clean_db.execute_query(query, min_graphs=min_graphs).records[0]["n"]
-    scanned = clean_db.execute_query(
-        "MATCH ()-[e:ATTRIBUTES]->() "
-        "RETURN count(e) AS n, sum(CASE WHEN e.graphs >= $k THEN 1 ELSE 0 END) AS k",
-        k=min_graphs,
-    ).records[0]
-    assert counted == scanned["k"] and 0 < counted <= scanned["n"]
-    assert (counted < scanned["n"]) == (min_graphs >= 2)
-
-    candidates = load_query("recurring_candidates")
-    ops = explain(clean_db, Statement("candidates", candidates, {"min_support": 2, "start_tokens": []}))
-    assert recurring_index_reads(ops) == 1, ops
-
-
-def test_schema_migrates_a_database_indexed_on_graphs(clean_db: neo4j.Driver) -> None:
-    """A database from before `recurring` (edges without it, an index on `graphs`) is marked and migrated."""
-    apply_schema(clean_db)
-    for i in range(3):
-        write_graph(clean_db, synthetic_graph(i, config=CONFIG))
-    clean_db.execute_query("MATCH ()-[e:ATTRIBUTES]->() REMOVE e.recurring")
-    clean_db.execute_query("CREATE INDEX attributes_graphs FOR ()-[e:ATTRIBUTES]-() ON (e.graphs)")
-    apply_schema(clean_db)
-    names = clean_db.execute_query("SHOW INDEXES YIELD name RETURN collect(name) AS n").records[0]["n"]
-    assert "attributes_graphs" not in names and "attributes_recurring" in names
-    marks = clean_db.execute_query(
-        "MATCH ()-[e:ATTRIBUTES]->() RETURN e.graphs >= 2 AS recurs, collect(DISTINCT e.recurring) AS marks"
-    ).records
-    assert {r["recurs"]: r["marks"] for r in marks} == {True: [True], False: []}

@@ -27,7 +27,7 @@ def analyze_command(
         0.05, help="Subcircuits: smallest |edge weight| that counts as present."
     ),
     min_support: int = typer.Option(
-        2, min=2, help="Subcircuits: least number of graphs a subcircuit must occur in (2 or more)."
+        2, help="Subcircuits: least number of graphs a subcircuit must occur in."
     ),
     min_support_fraction: float = typer.Option(
         0.05, help="Subcircuits: ... or this share of graphs, if more."
