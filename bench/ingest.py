@@ -10,7 +10,8 @@ Online: the real path (AttributionGraph -> rows_from_graph -> write_graph, one t
 `--writers` of them at once), timed from ready rows (built 100 graphs at a time, off the clock). Each
 graph's write time is kept, and the median of the first and of the last tenth of the run (at least 5
 graphs each) is printed with their ratio: a write that grows with what is already loaded shows as a
-ratio above 1 (the guard: at 1,000 graphs it must stay under 1.5). Bulk: the same graphs saved as
+ratio above 1 (the guard: at 1,000 graphs it must stay under 1.5); a line per 100 graphs shows the
+rate while the run goes on. Bulk: the same graphs saved as
 files, then `ingest.bulk.bulk_import_files` (read files -> CSV -> stop, neo4j-admin import, start ->
 schema + job), timed end to end; the importer alone is shown too. The bench runs its own local Neo4j
 instance "bench" with `circuitbase neo4j start`'s default heap (4g) and page cache (2g) (wiped first,
@@ -138,10 +139,17 @@ def online(
             rows = [rows_from_graph(g) for g in graphs[start : start + ROWS_CHUNK]]
             t0 = time.perf_counter()
             results = run_concurrently(timed, rows, workers=writers)
-            seconds += time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            seconds += elapsed
             times += [t for _, t, _ in sorted(results, key=lambda r: r[0])]
             relationships += sum(r.relationships_created for _, _, r in results)
             edges += sum(r.n_edges for r in rows)
+            chunk = times[-len(rows) :]
+            print(  # a slowdown shows while a long run goes on, not only in its final table
+                f"  online: {len(times):,}/{len(graphs):,} graphs, {len(rows) / elapsed:.2f} graphs/s over"
+                f" the last {len(rows)}, median write {statistics.median(chunk):.2f} s",
+                flush=True,
+            )
         job.finish("finished")
         records, _, _ = driver.execute_query("MATCH ()-[e:ATTRIBUTES]->() RETURN count(e) AS n")
     return {
