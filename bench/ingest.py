@@ -11,14 +11,14 @@ Online: the real path (AttributionGraph -> rows_from_graph -> write_graph, one t
 graph's write time is kept, and the median of the first and of the last tenth of the run (at least 5
 graphs each) is printed with their ratio: a write that grows with what is already loaded shows as a
 ratio above 1 (the guard: at 1,000 graphs it must stay under 1.5); a line per 100 graphs shows the
-rate while the run goes on. Bulk: the same graphs saved as
-files, then `ingest.bulk.bulk_import_files` (read files -> CSV -> stop, neo4j-admin import, start ->
-schema + job), timed end to end; the importer alone is shown too. The bench runs its own local Neo4j
-instance "bench" with `circuitbase neo4j start`'s default heap (4g) and page cache (2g) (wiped first,
-stopped at the end); with CIRCUITBASE_NEO4J_URI and `--wipe` it times
-the online path there only. Each size given to `--graphs` is a separate run on an empty database.
-With two or more sizes on the local instance, a sizing table follows: nodes, relationships, the bulk-loaded
-store and both load times per graph, extrapolated to 100K and 1M graphs (`sizing.py` gives the model).
+rate while the run goes on. Bulk: the same graphs saved as files, then `ingest.bulk.bulk_import_files`
+(read files -> CSV -> stop, neo4j-admin import, start -> schema + job), timed end to end; the importer
+alone is shown too. The bench runs its own local Neo4j instance "bench" with `circuitbase neo4j start`'s
+default heap (4g) and page cache (2g) (wiped first, stopped at the end); with CIRCUITBASE_NEO4J_URI and
+`--wipe` it times the online path there only. Each size given to `--graphs` is a separate run on an
+empty database. With two or more sizes on the local instance, a sizing table follows: nodes,
+relationships, the bulk-loaded store and both load times per graph, extrapolated to 100K and 1M graphs
+(`sizing.py` gives the model).
 
     python bench/ingest.py                         # 25 graphs, ~2 minutes on 2 CPU cores
     python bench/ingest.py --graphs 25 1000        # the regression guard: ~45 minutes on 2 CPU cores
