@@ -17,6 +17,7 @@ from circuitbase.ingest.schema import apply_schema
 from circuitbase.ingest.writer import (
     Statement,
     claim_statement,
+    pair_key,
     shared_statements,
     write_graph,
     write_statements,
@@ -86,3 +87,46 @@ def test_every_write_statement_seeks_its_indexes(clean_db: neo4j.Driver, loaded:
         if statement.name.startswith("aggregate"):  # the edge by its key, before the endpoints are compared
             pair = [op for op, details in ops if ":ATTRIBUTES(pair)" in details]
             assert pair == ["DirectedRelationshipUniqueIndexSeek(Locking)"], statement.name
+
+
+def test_a_pair_hash_collision_fails_the_write_and_leaves_the_graph_unloaded(clean_db: neo4j.Driver) -> None:
+    """An ATTRIBUTES edge holding a new pair's hash between other endpoints is not updated in its place:
+    the create then hits the unique constraint and the graph's transaction rolls back."""
+    apply_schema(clean_db)
+    write_graph(clean_db, synthetic_graph(0, config=CONFIG))
+    rows = synthetic_graph(1, config=CONFIG)
+    cols = rows.aggregate["Feature", "Feature"]
+    new_pairs = [
+        (s, t)
+        for s, t in zip(cols["s"], cols["t"], strict=True)
+        if not clean_db.execute_query(
+            "MATCH (:Feature {key: $s})-[e:ATTRIBUTES]->(:Feature {key: $t}) RETURN e", s=s, t=t
+        ).records
+    ]
+    source, target = new_pairs[0]
+    planted, _, _ = clean_db.execute_query(
+        """
+        MATCH (x:Feature) WHERE NOT x.key IN [$s, $t] WITH x ORDER BY x.key LIMIT 2
+        WITH collect(x) AS xs
+        WITH xs[0] AS a, xs[1] AS b
+        CREATE (a)-[e:ATTRIBUTES {pair: $pair, graphs: 1, edges: 1, sum: 1.0, sum_abs: 1.0, max_abs: 1.0}]
+            ->(b)
+        RETURN elementId(e) AS id
+        """,
+        s=source,
+        t=target,
+        pair=pair_key(source, target),
+    )
+    with pytest.raises(neo4j.exceptions.ConstraintError, match="pair"):
+        write_graph(clean_db, rows)
+    records, _, _ = clean_db.execute_query(
+        "MATCH (g:Graph {id: $id}) RETURN g.complete AS complete", id=rows.id
+    )
+    assert [r["complete"] for r in records] in ([], [False])
+    left, _, _ = clean_db.execute_query(
+        "MATCH ()-[e]->() WHERE elementId(e) = $id RETURN e.graphs AS graphs, e.sum AS sum",
+        id=planted[0]["id"],
+    )
+    assert (left[0]["graphs"], left[0]["sum"]) == (1, 1.0)
+    nodes, _, _ = clean_db.execute_query("MATCH (n:GraphNode {graph: $id}) RETURN count(n) AS n", id=rows.id)
+    assert nodes[0]["n"] == 0
