@@ -69,7 +69,7 @@ def open_driver(settings: Neo4jSettings | None = None) -> neo4j.Driver:
         driver.verify_connectivity()
     except (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.AuthError) as exc:
         driver.close()
-        reason = getattr(exc, "message", None) or str(exc)
+        reason = " ".join((getattr(exc, "message", None) or str(exc)).split())  # the driver wraps lines
         raise SettingsError(
             f"cannot connect to Neo4j at {settings.uri} as {settings.user}: {reason}"
         ) from exc

@@ -10,8 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from circuitbase.cli import app
+from circuitbase.commands.demo import write_demo_prompts
 from circuitbase.engine.prompts import read_prompts
 from circuitbase.engine.study_prompts import study_prompts
+from circuitbase.engine.toy import toy_prompts
 from circuitbase.settings import PASSWORD_ENV, URI_ENV, USER_ENV, Neo4jSettings
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
@@ -61,3 +63,14 @@ def test_smollm2_study_prompts_cover_three_tasks_with_answers() -> None:
     assert len({p["prompt"] for p in prompts}) == len(prompts)
     copy = next(p for p in prompts if p["tags"][0] == "copy")
     assert copy["prompt"].count(copy["answer"].strip()) == 1  # the answer is the name not repeated
+
+
+def test_the_toy_demo_prompts_hold_each_text_once(tmp_path: Path) -> None:
+    """The default draw (96) repeats some texts: each is attributed once, so the demo's first run loads every
+    prompt it lists and finds none already there."""
+    prompts = read_prompts(write_demo_prompts(tmp_path / "prompts.jsonl", "toy", 96)).prompts
+    texts = [p.text for p in prompts]
+    assert len(texts) == len(set(texts)) > 96
+    drawn = [p["prompt"] for p in toy_prompts(96, seed=0)]
+    assert len(set(drawn)) < len(drawn)  # the draw itself repeats, so the file is deduplicated
+    assert texts[: len(set(drawn))] == list(dict.fromkeys(drawn))

@@ -11,6 +11,7 @@ import pytest
 from conftest import Neo4jTestServer
 from typer.testing import CliRunner
 
+from circuitbase.cli import app
 from circuitbase.commands.neo4j import app as neo4j_cli
 from circuitbase.dbserver.config import InstanceConfig, Layout
 from circuitbase.dbserver.errors import DbServerError
@@ -18,6 +19,7 @@ from circuitbase.dbserver.install import MARKER_FILE, install, verify_installati
 from circuitbase.dbserver.java import find_java, parse_java_major
 from circuitbase.dbserver.server import start
 from circuitbase.ingest.schema import SchemaError, apply_schema, schema_statements
+from circuitbase.settings import PASSWORD_ENV, URI_ENV, USER_ENV
 
 pytestmark = pytest.mark.neo4j
 
@@ -95,6 +97,27 @@ def test_taken_port_is_a_one_line_error(neo4j_server: Neo4jTestServer) -> None:
         f"error: bolt port {port} on 127.0.0.1 is already in use; choose another with --bolt-port"
     )
     assert not layout.instance_dir("port-clash").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({URI_ENV: "bolt://127.0.0.1:1"}, f"error: {URI_ENV} is set but {PASSWORD_ENV} is not"),
+        (
+            {URI_ENV: "bolt://127.0.0.1:1", PASSWORD_ENV: "x"},
+            "error: cannot connect to Neo4j at bolt://127.0.0.1:1 as neo4j: ",
+        ),
+    ],
+)
+def test_a_job_without_a_reachable_database_is_a_one_line_error(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (URI_ENV, USER_ENV, PASSWORD_ENV):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["analyze"], env={**env, "COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert result.output.startswith(message), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from __future__ import annotations
 import neo4j
 import pytest
 
-from circuitbase.commands.demo import _write_prompts
+from circuitbase.commands.demo import write_demo_prompts
 from circuitbase.engine import toy
 from circuitbase.engine.models import load_model
 from circuitbase.engine.prompts import read_prompts
@@ -31,6 +31,6 @@ def toy_demo(
     model_dir, set_dir = toy.shipped_paths()
     loaded, transcoders = load_model(str(model_dir)), TranscoderSet.load(set_dir)
     work = tmp_path_factory.mktemp("toy-demo")
-    prompts = read_prompts(_write_prompts(work / "prompts.jsonl", "toy", DEMO_PROMPTS)).prompts
+    prompts = read_prompts(write_demo_prompts(work / "prompts.jsonl", "toy", DEMO_PROMPTS)).prompts
     run_study(neo4j_driver, loaded, transcoders, prompts, work / "graphs", database=neo4j_settings.database)
     return neo4j_driver

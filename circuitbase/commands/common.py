@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from circuitbase.dbserver.errors import DbServerError
+
 if TYPE_CHECKING:
     from circuitbase.engine.attribution import AttributionConfig
     from circuitbase.engine.models import LoadedModel
@@ -23,10 +25,11 @@ if TYPE_CHECKING:
 
 @contextmanager
 def fail_on(console: Console) -> Iterator[None]:
-    """Turn the project's expected errors (ValueError and OSError subclasses) into one line and exit 1."""
+    """Turn the project's expected errors (ValueError and OSError subclasses, and the database server's:
+    no server configured, none reachable, a port in use) into one line and exit 1."""
     try:
         yield
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, DbServerError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")  # the message is text, not markup
         raise typer.Exit(1) from None
 

@@ -65,15 +65,19 @@ def _work_dir(model: str) -> Path:
 MODELS = ("toy", "smollm2")
 
 
-def _write_prompts(path: Path, model: str, n: int) -> Path:
-    """Toy: `n` random toy prompts plus every prompt the toy model was never taught (its wrong answers).
-    SmolLM2: the fixed real-language study (`n` is not used)."""
+def write_demo_prompts(path: Path, model: str, n: int) -> Path:
+    """Toy: `n` random toy prompts plus every prompt the toy model was never taught (its wrong answers),
+    each text once (a repeat of an earlier draw is dropped, so fewer than `n` may be drawn). SmolLM2: the
+    fixed real-language study (`n` is not used)."""
     from circuitbase.engine.study_prompts import study_prompts
     from circuitbase.engine.toy import fixed_examples, toy_prompts
 
     if model == "toy":
         untaught = [e for e in fixed_examples() if {"unknown", "held_out"} & set(e["tags"])]
-        prompts = [*toy_prompts(n, seed=0), *untaught]
+        distinct: dict[str, dict] = {}
+        for prompt in [*toy_prompts(n, seed=0), *untaught]:
+            distinct.setdefault(prompt["prompt"], prompt)
+        prompts = list(distinct.values())
     else:
         prompts = study_prompts()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +147,7 @@ def demo_command(
 
         console.rule("3/5 Attribution + ingest")
         work = _work_dir(model)
-        prompt_set = read_prompts(_write_prompts(work / "prompts.jsonl", model, prompts))
+        prompt_set = read_prompts(write_demo_prompts(work / "prompts.jsonl", model, prompts))
         summary = ingest_prompts(
             driver,
             loaded,
