@@ -70,7 +70,9 @@ RETURN g.id AS graph, g.model AS model, g.transcoder_set AS transcoder_set, p.te
                       RETURN l.token_id ORDER BY l.probability DESC }) AS top_token
 ORDER BY model, transcoder_set, graph
 """
-_OCCURRENCES = """
+# (graph, subcircuit, [layer, position, feature] of each member node): the nodes the step ablates; the API's
+# `memberNodes` list the same (tests/test_api_causal.py compares them)
+OCCURRENCE_FEATURES = """
 UNWIND $graphs AS graph
 MATCH (n:GraphNode:FeatureNode {graph: graph})-[:INSTANCE_OF]->(:Feature)<-[:HAS_MEMBER]-(s:Subcircuit)
 WHERE EXISTS { (s)-[:OCCURS_IN]->(:Graph {id: graph}) }
@@ -187,7 +189,7 @@ def measure_causal_support(
         found = {g["graph"]: shelf.find(g["model"], g["transcoder_set"]) for g in chunk}
         occurrences: dict[str, dict[str, list[list[int]]]] = defaultdict(dict)
         ids = [graph for graph, model in found.items() if model is not None]
-        for r in driver.execute_query(_OCCURRENCES, graphs=ids, database_=database).records:
+        for r in driver.execute_query(OCCURRENCE_FEATURES, graphs=ids, database_=database).records:
             occurrences[r["graph"]][r["subcircuit"]] = r["features"]
         rows: list[dict[str, Any]] = []
         for done, graph in enumerate(chunk, start=start + 1):

@@ -14,8 +14,8 @@ from transformers import GPT2LMHeadModel
 from circuitbase.engine.ablation import ablation_drops, lead
 from circuitbase.engine.adapters import adapter_for
 from circuitbase.engine.interventions import InterventionError
+from tests.known_answer_models import IDS, perfect_transcoders, relu_gpt2
 from tests.numerics import assert_close
-from tests.test_graph_scores import IDS, _perfect_transcoders, _relu_gpt2
 
 Group = list[tuple[int, int, int]]
 
@@ -52,8 +52,8 @@ def _active(model: GPT2LMHeadModel, device: torch.device, layer: int, position: 
 
 
 def test_ablation_drops_equal_zeroing_the_neurons(device: torch.device):
-    model = _relu_gpt2().to(device)
-    transcoders = _perfect_transcoders(model).to(device)
+    model = relu_gpt2().to(device)
+    transcoders = perfect_transcoders(model).to(device)
     adapter = adapter_for(model)
     last = len(IDS) - 1
     groups = [
@@ -85,7 +85,7 @@ def test_ablation_drops_equal_zeroing_the_neurons(device: torch.device):
 
 
 def test_a_feature_outside_the_prompt_is_refused(device: torch.device):
-    model = _relu_gpt2().to(device)
-    transcoders = _perfect_transcoders(model).to(device)
+    model = relu_gpt2().to(device)
+    transcoders = perfect_transcoders(model).to(device)
     with pytest.raises(InterventionError, match=r"position must be in 0\.\.7"):
         ablation_drops(model, adapter_for(model), transcoders, IDS, [[(0, 8, 3)]])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from circuitbase.analysis.causal import _OCCURRENCES
+from circuitbase.analysis.causal import OCCURRENCE_FEATURES
 from circuitbase.analysis.run import run_analysis
 from circuitbase.api.app import ApiConfig, create_app
 from circuitbase.settings import Neo4jSettings
@@ -123,7 +123,7 @@ def test_member_nodes_are_what_the_causal_step_ablated(client: TestClient, toy_d
     graphs = sorted({graph for _, graph in shown})
     ablated = {
         (r["subcircuit"], r["graph"]): sorted(r["features"])
-        for r in toy_demo.execute_query(_OCCURRENCES, graphs=graphs).records
+        for r in toy_demo.execute_query(OCCURRENCE_FEATURES, graphs=graphs).records
     }
     per_graph = data(
         client,

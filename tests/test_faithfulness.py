@@ -32,8 +32,8 @@ from circuitbase.engine.models import load_model
 from circuitbase.engine.prompts import Prompt
 from circuitbase.engine.runner import iter_attribute
 from circuitbase.engine.transcoders import TranscoderSet
+from tests.known_answer_models import IDS, error_only_llama, perfect_transcoders, relu_gpt2
 from tests.numerics import assert_close
-from tests.test_graph_scores import IDS, _error_only_llama, _perfect_transcoders, _relu_gpt2
 from tests.tiny_models import tiny_input_ids, tiny_model
 
 EVERYTHING = AttributionConfig(max_feature_nodes=None, batch_size=16)
@@ -42,7 +42,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "circuit-tracer-format"
 
 
 def _split_relu_gpt2() -> GPT2LMHeadModel:
-    model = _relu_gpt2(tie_word_embeddings=False)
+    model = relu_gpt2(tie_word_embeddings=False)
     half = 16
     with torch.no_grad():
         model.transformer.wte.weight[:, half:] = 0
@@ -79,7 +79,7 @@ def _check(model, transcoders, device, config=FROZEN):
 
 def test_perfect_transcoders_agree_and_an_error_only_layer_does_not(device: torch.device):
     model = _split_relu_gpt2()
-    perfect = _perfect_transcoders(model)
+    perfect = perfect_transcoders(model)
     graph, result = _check(model, perfect, device)
     scores = result.summary()
     assert scores["nodes"] == 10 and scores["interventions"] == 12 and scores["edges"] == "all"
@@ -104,7 +104,7 @@ def test_small_scalings_follow_the_graph_exactly(device: torch.device):
     model = _split_relu_gpt2()
     _, result = _check(
         model,
-        _perfect_transcoders(model),
+        perfect_transcoders(model),
         device,
         FaithfulnessConfig(scale=0.9, group_sizes=(3,), freeze_attention=True),
     )
@@ -114,8 +114,8 @@ def test_small_scalings_follow_the_graph_exactly(device: torch.device):
 
 def test_free_attention_is_measured_on_the_real_model(device: torch.device):
     """The default recomputes attention: the measured effects move away from the frozen prediction."""
-    model = _relu_gpt2()
-    transcoders = _perfect_transcoders(model)
+    model = relu_gpt2()
+    transcoders = perfect_transcoders(model)
     _, frozen = _check(model, transcoders, device)
     _, free = _check(model, transcoders, device, FaithfulnessConfig())
     assert_close(free.predicted_logit, frozen.predicted_logit, rel=1e-9)
@@ -146,7 +146,7 @@ def test_last_layer_features_match_through_the_final_norm(family: str, device: t
 
 
 def test_a_graph_without_features_has_no_scores(device: torch.device):
-    model, silent = _error_only_llama()
+    model, silent = error_only_llama()
     graph, result = _check(model, silent, device, FaithfulnessConfig())
     scores = result.summary()
     assert graph.n_features == 0 and scores["nodes"] == 0 and scores["interventions"] == 0
