@@ -15,20 +15,23 @@ import neo4j
 
 from circuitbase.analysis.causal import CausalConfig, measure_causal_support
 from circuitbase.analysis.communities import CommunityConfig, find_supernodes
+from circuitbase.analysis.faithfulness import FaithfulnessStepConfig, check_faithfulness
 from circuitbase.analysis.gds import AnalysisError
 from circuitbase.analysis.hubs import HubConfig, find_hubs
 from circuitbase.analysis.similarity import SimilarityConfig, find_similar_graphs
 from circuitbase.analysis.subcircuits import SubcircuitConfig, mine_subcircuits
-from circuitbase.engine.shelf import ModelShelf
+from circuitbase.engine.shelf import ModelShelf, with_shipped_toy
 from circuitbase.progress import Progress
 
-STEPS = ("communities", "subcircuits", "causal", "similarity", "hubs")
+STEPS = ("faithfulness", "communities", "subcircuits", "causal", "similarity", "hubs")
+MODEL_STEPS = ("faithfulness", "causal")  # the steps that run the graphs' models
 
 
 @dataclass(frozen=True)
 class AnalysisConfig:
     """The settings of every step (each defaults to its own config's defaults)."""
 
+    faithfulness: FaithfulnessStepConfig = field(default_factory=FaithfulnessStepConfig)
     communities: CommunityConfig = field(default_factory=CommunityConfig)
     subcircuits: SubcircuitConfig = field(default_factory=SubcircuitConfig)
     causal: CausalConfig = field(default_factory=CausalConfig)
@@ -61,9 +64,17 @@ def run_step(
     models: ModelShelf | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run one step with its settings from `config`; returns its summary. models: where the causal step
-    finds the graphs' models (default: its config's sources, then the shipped toy). progress: receives
-    the causal step's progress per graph (default none)."""
+    """Run one step with its settings from `config`; returns its summary. models: where the faithfulness
+    and causal steps find the graphs' models (default: the causal config's sources, then the shipped toy).
+    progress: receives their progress per graph (default none)."""
+    if step == "faithfulness":
+        return check_faithfulness(
+            driver,
+            models=models or default_shelf(config),
+            config=config.faithfulness,
+            database=database,
+            progress=progress,
+        )
     if step == "communities":
         return find_supernodes(driver, config=config.communities, database=database)
     if step == "subcircuits":
@@ -79,6 +90,11 @@ def run_step(
     raise AnalysisError(f"unknown analysis step {step!r}; choose from {', '.join(STEPS)}")
 
 
+def default_shelf(config: AnalysisConfig) -> ModelShelf:
+    """The shelf of the causal config's sources, then the shipped toy, on its device (loaded on need)."""
+    return ModelShelf(sources=with_shipped_toy(config.causal.sources), device=config.causal.device)
+
+
 def run_analysis(
     driver: neo4j.Driver,
     *,
@@ -89,8 +105,10 @@ def run_analysis(
     models: ModelShelf | None = None,
 ) -> list[StepResult]:
     """Run `steps` (default all, in STEPS order) and return each one's summary and seconds. models: where
-    the causal step finds the graphs' models (default: its config's sources, then the shipped toy)."""
+    the faithfulness and causal steps find the graphs' models (default: `default_shelf`, shared by both)."""
     config = config or AnalysisConfig()
+    if models is None and set(MODEL_STEPS) & set(steps):
+        models = default_shelf(config)
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise AnalysisError(f"unknown analysis steps {unknown}; choose from {', '.join(STEPS)}")

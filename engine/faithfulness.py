@@ -188,7 +188,7 @@ def measure_faithfulness(
     nodes = torch.argsort(graph.node_influence[: graph.n_features], descending=True, stable=True)
     groups = _interventions(nodes[: config.nodes].tolist(), config.group_sizes)
     token = int(graph.logit_tokens[0])
-    unembedding = adapter.unembedding()
+    unembedding = adapter.unembedding().detach()  # a parameter: the target needs no gradient
     direction = (unembedding[token] - unembedding.mean(dim=0)).double()  # the graph's logit target
     final: list[torch.Tensor] = []
 

@@ -241,6 +241,17 @@ def _node_rows(graph: AttributionGraph) -> tuple[list[NodeRow], np.ndarray]:
     return [row for row, kept in zip(rows, keep.tolist(), strict=True) if kept], ordinal
 
 
+def faithfulness_properties(scores: dict[str, Any]) -> dict[str, float | None]:
+    """The Graph properties of a faithfulness check's scores (`engine.faithfulness` summary; None where
+    a score was not measured): what ingest and the analysis step write."""
+    return {
+        "faithfulness": _optional_float(scores.get("logit_agreement")),
+        "faithfulness_correlation": _optional_float(scores.get("logit_correlation")),
+        "logit_share_measured": _optional_float(scores.get("logit_share_measured")),
+        "logit_share_predicted": _optional_float(scores.get("logit_share_predicted")),
+    }
+
+
 def rows_from_graph(graph: AttributionGraph, *, path: str | Path | None = None) -> GraphRows:
     """GraphRows of an in-memory graph (`path`: its file, recorded on the Graph node; default none)."""
     where = str(path) if path is not None else f"graph of {graph.prompt[:40]!r}"
@@ -267,10 +278,7 @@ def rows_from_graph(graph: AttributionGraph, *, path: str | Path | None = None) 
         "correct": meta.get("correct"),
         "node_threshold": _optional_float(graph.params.get("node_threshold")),
         "edge_threshold": _optional_float(graph.params.get("edge_threshold")),
-        "faithfulness": _optional_float(checked.get("logit_agreement")),
-        "faithfulness_correlation": _optional_float(checked.get("logit_correlation")),
-        "logit_share_measured": _optional_float(checked.get("logit_share_measured")),
-        "logit_share_predicted": _optional_float(checked.get("logit_share_predicted")),
+        **faithfulness_properties(checked),
         "n_nodes_full": graph.n_nodes,
         "n_edges_full": graph.n_edges_full,
         "path": str(Path(path).resolve()) if path is not None else None,

@@ -224,11 +224,13 @@ def test_analyze_twice_leaves_one_set_of_results(clean_db: neo4j.Driver) -> None
     before = clean_db.execute_query(count).records[0].data()
     second = run_analysis(clean_db, config=config)
     after = clean_db.execute_query(count).records[0].data()
-    assert before == after and before["runs"] == 5 and 0 < before["subcircuits"] <= 7
+    assert before == after and before["runs"] == 6 and 0 < before["subcircuits"] <= 7
     assert [r.summary for r in first] == [r.summary for r in second]
     # no source has the synthetic graphs' model: every graph is counted as such and nothing is measured
     [causal] = [r.summary for r in first if r.step == "causal"]
     assert causal["graphs_without_model"] == causal["graphs"] > 0 and causal["subcircuits_measured"] == 0
+    [faithfulness] = [r.summary for r in first if r.step == "faithfulness"]
+    assert faithfulness["graphs_without_model"] == faithfulness["graphs"] == 16
     [run] = clean_db.execute_query("MATCH (r:AnalysisRun {id: 'subcircuits'}) RETURN r").records
     assert json.loads(run["r"]["params"])["max_subcircuits"] == 7 and run["r"]["status"] == "finished"
     assert clean_db.execute_query("CALL gds.graph.list() YIELD graphName RETURN graphName").records == []

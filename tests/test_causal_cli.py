@@ -23,6 +23,10 @@ from circuitbase.engine.toy import shipped_paths
         (["--causal-threshold", "0"], "causal threshold must be in (0, 1], got 0.0"),
         (["--min-causal-support", "1.5"], "min causal support must be in [0, 1], got 1.5"),
         (["--step", "causal", "--no-causal"], "--step causal with --no-causal leaves nothing to run"),
+        (
+            ["--step", "faithfulness", "--no-faithfulness"],
+            "--step faithfulness with --no-faithfulness leaves nothing to run",
+        ),
         (["--model", "toy", "--transcoders", "a", "--transcoders", "b"], "give one --transcoders for each"),
     ],
 )

@@ -21,7 +21,8 @@ console = Console(stderr=True)
 
 def analyze_command(
     step: str = typer.Option(
-        "all", help="communities, subcircuits, causal, similarity, hubs, or all (in that order)."
+        "all",
+        help="faithfulness, communities, subcircuits, causal, similarity, hubs, or all (in that order).",
     ),
     min_weight: float = typer.Option(
         0.05, help="Subcircuits: smallest |edge weight| that counts as present."
@@ -43,6 +44,14 @@ def analyze_command(
         help="Subcircuits: drop one when a larger one holding all its edges occurs in at least "
         "(1 - this) of its graphs (0: only when in all of them).",
     ),
+    faithfulness: bool = typer.Option(
+        True,
+        help="Faithfulness: check the graphs that have no score yet on the real model, from their files "
+        "(skipped by --no-faithfulness; 14 forwards per graph). Uses the --model sources as causal does.",
+    ),
+    recheck_faithfulness: bool = typer.Option(
+        False, help="Faithfulness: check every graph with a file again, not only those without a score."
+    ),
     causal: bool = typer.Option(
         True,
         help="Causal support: ablate each subcircuit in the graphs it occurs in on the real model "
@@ -56,15 +65,15 @@ def analyze_command(
     ),
     model: list[str] = typer.Option(
         [],
-        help=f"Causal: a model the graphs were made with (repeatable; the shipped toy is always there): "
-        f"{MODEL_HELP}",
+        help="Faithfulness and causal: a model the graphs were made with (repeatable; the shipped toy is "
+        f"always there): {MODEL_HELP}",
     ),
     transcoders: list[str] = typer.Option(
         [],
-        help=f"Causal: the transcoder set of the --model at the same place (none: each model's default "
-        f"set). {TRANSCODERS_HELP}",
+        help="Faithfulness and causal: the transcoder set of the --model at the same place (none: each "
+        f"model's default set). {TRANSCODERS_HELP}",
     ),
-    device: str = typer.Option("auto", help="Causal: auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="Faithfulness and causal: auto, cpu or cuda."),
     min_graphs: int = typer.Option(
         2, help="Communities/hubs: aggregated edges seen in fewer graphs are ignored."
     ),
@@ -81,6 +90,7 @@ def analyze_command(
     features; write them to Neo4j."""
     from circuitbase.analysis.causal import CausalConfig
     from circuitbase.analysis.communities import CommunityConfig
+    from circuitbase.analysis.faithfulness import FaithfulnessStepConfig
     from circuitbase.analysis.hubs import HubConfig
     from circuitbase.analysis.run import AnalysisConfig, resolve_steps, run_analysis
     from circuitbase.analysis.similarity import SimilarityConfig
@@ -94,6 +104,7 @@ def analyze_command(
             raise ValueError("give one --transcoders for each --model, or none (each model's default set)")
         sources = [ModelSource(m, t) for m, t in zip(model, transcoders or [None] * len(model), strict=True)]
         config = AnalysisConfig(
+            faithfulness=FaithfulnessStepConfig(recheck=recheck_faithfulness),
             communities=CommunityConfig(algorithm=algorithm, min_graphs=min_graphs, resolution=resolution),
             subcircuits=SubcircuitConfig(
                 min_weight=min_weight,
@@ -113,9 +124,10 @@ def analyze_command(
             hubs=HubConfig(min_graphs=min_graphs),
         )
         config.causal.check()
-        steps = [s for s in resolve_steps(step) if causal or s != "causal"]
+        skipped = {name for name, run in (("causal", causal), ("faithfulness", faithfulness)) if not run}
+        steps = [s for s in resolve_steps(step) if s not in skipped]
         if not steps:
-            raise ValueError("--step causal with --no-causal leaves nothing to run")
+            raise ValueError(f"--step {step} with --no-{step} leaves nothing to run")
         settings = load_neo4j_settings(instance=instance)
         with open_driver(settings) as driver:
             apply_schema(driver, database=settings.database)
@@ -135,8 +147,9 @@ def _print_steps(results: list[StepResult]) -> None:
         summary = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.summary.items()
         )
-        if result.step == "causal" and result.summary["graphs_measured"]:
-            summary += f", seconds_per_graph={result.seconds / result.summary['graphs_measured']:.3g}"
+        done = {"causal": "graphs_measured", "faithfulness": "graphs_checked"}.get(result.step)
+        if done and result.summary[done]:
+            summary += f", seconds_per_graph={result.seconds / result.summary[done]:.3g}"
         table.add_row(result.step, f"{result.seconds:.2f}", summary)
     console.print(table)
 
