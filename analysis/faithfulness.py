@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import neo4j
 
@@ -25,6 +25,10 @@ from circuitbase.analysis.gds import AnalysisError, finish_run, record_run
 from circuitbase.engine.shelf import ModelShelf
 from circuitbase.ingest.model import faithfulness_properties
 from circuitbase.progress import Progress
+
+if TYPE_CHECKING:
+    from circuitbase.engine.models import LoadedModel
+    from circuitbase.engine.transcoders import TranscoderSet
 
 STEP = "faithfulness"
 
@@ -51,7 +55,7 @@ class FaithfulnessStepConfig:
             raise AnalysisError(f"faithfulness batch must be >= 1, got {self.batch}")
 
 
-def _check_graph(path: Path, model: Any) -> dict[str, float | None]:
+def _check_graph(path: Path, model: tuple[LoadedModel, TranscoderSet]) -> dict[str, float | None]:
     """The Graph properties of one graph file's faithfulness check on `model` (loaded model, transcoders)."""
     from circuitbase.engine.faithfulness import measure_faithfulness
     from circuitbase.engine.graph import AttributionGraph
@@ -101,11 +105,13 @@ def check_faithfulness(
                 rows.append({"graph": graph["graph"], "scores": scores})
                 if scores["faithfulness"] is not None:
                     agreements.append(scores["faithfulness"])
-        if len(rows) >= config.batch or (rows and done == len(graphs)):
+        if len(rows) >= config.batch:
             driver.execute_query(_WRITE, rows=rows, database_=database)
             rows = []
         if progress is not None:
             progress.update(info=f"faithfulness: {done}/{len(graphs)} graphs, {counts['checked']} checked")
+    if rows:
+        driver.execute_query(_WRITE, rows=rows, database_=database)
     result = {
         "graphs": len(graphs),
         "graphs_checked": counts["checked"],

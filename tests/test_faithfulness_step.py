@@ -28,8 +28,7 @@ def test_analyze_scores_every_graph_as_the_engine_check_does(toy_demo: neo4j.Dri
     with the values `measure_faithfulness` gives on the graph file."""
     graphs = toy_demo.execute_query(_GRAPHS).records
     assert graphs and all(r["g"].get("faithfulness") is not None for r in graphs)
-    model_dir, set_dir = shipped_paths()
-    loaded, transcoders = load_model(str(model_dir)), TranscoderSet.load(set_dir)
+    loaded, transcoders = _toy()
     for record in graphs[:3]:
         graph = AttributionGraph.load(record["path"])
         scores = measure_faithfulness(loaded.model, loaded.adapter, transcoders, graph).summary()
