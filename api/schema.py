@@ -1119,6 +1119,21 @@ class AnalysisRun:
     summary: str | None
 
 
+@strawberry.type(description="What one request may ask of this server (see `circuitbase.api.limits`).")
+class ServerLimits:
+    max_depth: int
+    max_complexity: int
+    max_page_size: int
+    max_edges: int
+    max_intervention_features: int
+    max_intervention_tokens: int
+    interventions_per_minute: int
+
+    @classmethod
+    def of(cls, limits: Limits) -> ServerLimits:
+        return cls(**{f.name: getattr(limits, f.name) for f in dataclasses.fields(cls)})
+
+
 @strawberry.input(description="A prompt to attribute and load.")
 class PromptInput:
     text: str
@@ -1405,6 +1420,10 @@ class Query:
     async def analysis_runs(self, info: Info) -> list[AnalysisRun]:
         rows = await _ctx(info).call(_ctx(info).repo.analysis_runs)
         return [_from_row(AnalysisRun, r, step="id") for r in rows]
+
+    @strawberry.field(description="This server's limits, e.g. so a dashboard offers only what it allows.")
+    def limits(self, info: Info) -> ServerLimits:
+        return ServerLimits.of(_ctx(info).limits)
 
     @strawberry.field(
         description="Change features of a graph's prompt (or of `prompt`) and run the graph's model and "

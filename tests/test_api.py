@@ -334,6 +334,8 @@ def test_reads_can_require_a_key(counting: CountingDriver, api_key: str) -> None
 
 
 def test_limits_and_error_codes(client: TestClient) -> None:
+    shown = data(client, "{ limits { maxDepth maxPageSize maxEdges maxInterventionFeatures } }")["limits"]
+    assert shown == {"maxDepth": 8, "maxPageSize": 50, "maxEdges": 50_000, "maxInterventionFeatures": 32}
     nested = "prompt { graphs { " * 3
     deep = "{ graphs { edges { node { " + nested + "id" + " }" * 10
     assert codes(gql(client, deep)) == ["QUERY_TOO_DEEP"]

@@ -15,6 +15,7 @@ import torch
 from playwright.sync_api import Locator, Page
 
 from circuitbase.api.app import ApiConfig, create_app
+from circuitbase.api.limits import Limits
 from circuitbase.engine import toy
 from circuitbase.engine.ablation import lead
 from circuitbase.engine.interventions import FeatureIntervention
@@ -32,6 +33,8 @@ RETURN s.key AS key, s.rank AS rank, s.causal_support AS support, s.causal_occur
 ORDER BY rank
 """
 MEMBER_FEATURES = "MATCH (:Subcircuit {key: $key})-[:HAS_MEMBER]->(f:Feature) RETURN collect(f.key) AS keys"
+SUBCIRCUIT_MEMBERS = """query($subcircuit: ID!) {
+  subcircuit(key: $subcircuit) { occurrences { graphId memberNodes { layer } } } }"""
 VIEW = """query($id: ID!) { graph(id: $id) { promptText view(minInfluence: 0, topK: 1) {
   nodes { kind layer position featureIndex feature { key } } } } }"""
 
@@ -151,3 +154,31 @@ def test_ablate_in_this_graph_shows_the_python_functions_answer(
         )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "subcircuit-ablation.png", full_page=True)
+
+
+@pytest.fixture
+def one_feature_url(toy_demo: neo4j.Driver) -> Iterator[str]:
+    """A server that changes at most one feature at once."""
+    config = ApiConfig(intervention_device="cpu", limits=Limits(max_intervention_features=1))
+    yield from serve(create_app(config=config, driver=toy_demo))
+
+
+def test_ablate_is_disabled_past_the_servers_feature_limit(
+    page: Page, one_feature_url: str, stored: list[dict]
+) -> None:
+    def member_counts(key: str) -> dict[str, int]:
+        found = api(one_feature_url, SUBCIRCUIT_MEMBERS, subcircuit=key)["subcircuit"]["occurrences"]
+        return {o["graphId"]: len(o["memberNodes"]) for o in found}
+
+    # the best-ranked subcircuit with an occurrence of two or more member nodes
+    key, counts = next((s["key"], c) for s in stored if max((c := member_counts(s["key"])).values()) > 1)
+    # the module's browser (one Playwright per thread), on this second server
+    goto(page, one_feature_url, f"subcircuit/{quote(key, safe='')}", "subcircuit")
+    shown = page.locator('[data-testid="ablate"]').evaluate_all(
+        "bs => bs.map(b => [b.closest('[data-testid=occurrence]').dataset.graphId, b.disabled, b.title])"
+    )
+    assert {graph for graph, _, _ in shown} == {graph for graph, n in counts.items() if n}
+    for graph, disabled, title in shown:
+        assert disabled == (counts[graph] > 1)
+        if disabled:
+            assert title == f"{counts[graph]} feature nodes here; this server changes at most 1 at once"

@@ -721,7 +721,7 @@ const SUBCIRCUITS_QUERY = `query($after: String) { subcircuits(first: 20, after:
 
 const SUBCIRCUIT_QUERY = `query($key: ID!) {
   subcircuit(key: $key) { ${SUBCIRCUIT_FIELDS(`${OCCURRENCE_FIELDS} memberNodes { layer position featureIndex }`)} }
-  analysisRuns { step params } }`;
+  analysisRuns { step params } limits { maxInterventionFeatures } }`;
 
 const CAUSAL_DROP_HELP =
   "Causal drop: the share of the answer's lead (its logit minus the best other logit) taken away when the subcircuit's " +
@@ -740,16 +740,21 @@ function causalDropText(o) {
 }
 
 /** "Ablate in this graph": zero the occurrence's member nodes (what the causal step ablates there) in its graph's
- *  prompt, attention as that step ran (`free`), and show the top tokens before and after in `result`. */
-function ablateButton(o, index, free) {
+ *  prompt, attention as that step ran (`free`), and show the top tokens before and after in `result`. Disabled,
+ *  saying why, when the occurrence has more member nodes than the server changes at once (`maxFeatures`). */
+function ablateButton(o, index, { free, maxFeatures }) {
   const result = el("div", { class: "ablate-result", "data-testid": "ablate-result" });
   const features = o.memberNodes.map((n) => ({ layer: n.layer, position: n.position, feature: n.featureIndex }));
   const where = o.memberNodes.map((n) => `L${n.layer} @${n.position} #${n.featureIndex}`).join(", ");
+  const tooMany = features.length > maxFeatures;
   const button = el(
     "button",
     {
       "data-testid": "ablate",
-      title: `zero ${where} (attention ${free ? "free" : "frozen"}, as the causal step ran)`,
+      disabled: tooMany,
+      title: tooMany
+        ? `${features.length} feature nodes here; this server changes at most ${maxFeatures} at once`
+        : `zero ${where} (attention ${free ? "free" : "frozen"}, as the causal step ran)`,
       onclick: () => runIntervention(result, { graphId: o.graphId, features, free, top: 5 }, `ablate-${index}`),
     },
     "Ablate in this graph",
@@ -758,8 +763,8 @@ function ablateButton(o, index, free) {
 }
 
 /** A subcircuit as a card: rank, support and causal support, its sentence, its edges in words and the graphs it
- *  occurs in with their causal drops; with `ablation` ({ free }: the causal step's attention), each graph gets an
- *  "Ablate in this graph" button. */
+ *  occurs in with their causal drops; with `ablation` ({ free, maxFeatures }: the causal step's attention, the
+ *  server's limit), each graph gets an "Ablate in this graph" button. */
 function subcircuitCard(s, names, ablation = null) {
   return el(
     "article",
@@ -789,7 +794,7 @@ function subcircuitCard(s, names, ablation = null) {
           correctBadge(o.graph?.correct),
           ` weight ${fmt(o.weight)} · `,
           el("span", { class: "causal-drop", "data-testid": "causal-drop", "data-value": o.causalDrop ?? "", title: CAUSAL_DROP_HELP }, causalDropText(o)),
-          ablation && o.memberNodes.length ? ablateButton(o, i, ablation.free) : null,
+          ablation && o.memberNodes.length ? ablateButton(o, i, ablation) : null,
         ),
       ),
     ),
@@ -824,7 +829,7 @@ async function showSubcircuit(key) {
       `“Ablate in this graph” zeroes every kept instance of this subcircuit's features in that graph, as the causal step did (attention ${free ? "free" : "frozen"}), and reruns the model on its prompt. `,
       CAUSAL_DROP_HELP,
     ),
-    subcircuitCard(data.subcircuit, names, { free }),
+    subcircuitCard(data.subcircuit, names, { free, maxFeatures: data.limits.maxInterventionFeatures }),
   ];
 }
 
