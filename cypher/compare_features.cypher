@@ -3,7 +3,8 @@
 // Sides as in compare_strata.cypher. For each feature seen in >= $min_graphs graphs of both sides
 // together: k_a / k_b graphs of each side keep an instance of it; groups: {tags, dataset, k_a, k_b} for
 // each group it occurs in; influence_a / influence_b: mean largest-instance influence where present;
-// label: the feature's label (ingest.labels), or null.
+// label: the feature's label (ingest.labels), or null (read through properties(f): in a database with no
+// labels at all, f.label draws an unknown-property warning).
 //
 // :param split => 'correct'
 // :param a_tag => null
@@ -26,7 +27,7 @@ WITH f, tags, dataset,
 WITH f, collect({tags: tags, dataset: dataset, k_a: k_a, k_b: k_b}) AS groups,
      sum(k_a) AS k_a, sum(k_b) AS k_b, sum(sum_a) AS sum_a, sum(sum_b) AS sum_b
 WHERE k_a + k_b >= $min_graphs
-RETURN f.key AS feature, f.label AS label, k_a, k_b, groups,
+RETURN f.key AS feature, properties(f)['label'] AS label, k_a, k_b, groups,
        CASE WHEN k_a > 0 THEN sum_a / k_a END AS influence_a,
        CASE WHEN k_b > 0 THEN sum_b / k_b END AS influence_b
 ORDER BY feature
