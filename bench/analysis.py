@@ -23,22 +23,31 @@ fictive graph (`nodeCount`, `relationshipCount`; the projection included) of the
 and relationship counts: as measured at each stage, and at the targets as the table extrapolates them
 (the aggregated graph's nodes and the features graphs use capped at the dictionary and vocabulary).
 
+Real graphs (`--real-graphs DIR`: graph files, e.g. of the SmolLM2 study's prompts varied by
+`bench/study_variants.py`): stage n loads the first n files in name order. Past the k files there, graph i
+is file i mod k again under a new prompt id ("<prompt>~<round>"), which keeps the density and multiplies
+the recurrence. The sizing table is left out there: its ceilings are the synthetic dictionary's.
+
 The benchmark DELETES the database of the local instance it loads (`--instance`, made beforehand with
 `circuitbase neo4j start --instance NAME`; the bulk path refuses a remote server), so it only runs with
 --wipe. The instance is left running.
 
     python bench/analysis.py --wipe --instance bench-analysis --stages 1000 10000
     python bench/analysis.py --wipe --instance bench-analysis --stages 100 300 1000  # ~10 min, 2 cores
+    python bench/analysis.py --wipe --instance bench-analysis --real-graphs GRAPHS --stages 100 300 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import multiprocessing
 import resource
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from graphdatascience import Graph, GraphDataScience
@@ -48,12 +57,14 @@ from sizing import TARGETS, Quantity, empty_database, fit, sizing_table, store_b
 
 from circuitbase.analysis.compare import Split, compare
 from circuitbase.analysis.gds import aggregated_projection, open_gds, projection
-from circuitbase.analysis.run import STEPS, AnalysisConfig, run_step
+from circuitbase.analysis.run import MODEL_STEPS, STEPS, AnalysisConfig, run_step
 from circuitbase.analysis.similarity import PROJECTION
 from circuitbase.analysis.synthetic import SyntheticConfig, synthetic_graph
 from circuitbase.dbserver.config import Layout
 from circuitbase.dbserver.server import start, stop
 from circuitbase.ingest.bulk import bulk_import_rows
+from circuitbase.ingest.loader import graph_files, read_graph_rows
+from circuitbase.ingest.model import GraphRows, graph_id
 from circuitbase.settings import local_instance_settings, open_driver
 
 REALISTIC = SyntheticConfig(
@@ -69,9 +80,9 @@ REALISTIC = SyntheticConfig(
     seed=7,
 )
 MIB = 1024 * 1024
-# causal runs the graphs' model (a forward per graph and per occurrence), which synthetic graphs have none
-# of: its cost is the model's (bench/attribution.py), not the database's
-TIMED = (*(step for step in STEPS if step != "causal"), "compare")
+# faithfulness and causal run the graphs' model (forwards per graph and per occurrence), which synthetic
+# graphs have none of: their cost is the model's (bench/causal.py), not the database's
+TIMED = (*(step for step in STEPS if step not in MODEL_STEPS), "compare")
 CONFIG = AnalysisConfig()  # what `circuitbase analyze` runs
 # step -> (its projection: the aggregated feature graph or the graph-feature bipartite one, orientation)
 PROJECTIONS = {
@@ -165,17 +176,33 @@ def fictive_memory(gds: GraphDataScience, counts: dict[str, tuple[int, int]]) ->
     return out
 
 
-def run_stage(instance: str, n_graphs: int, console: Console) -> dict[str, Any]:
-    """Empty the instance's database, bulk-load `n_graphs` graphs, time every step, read GDS memory, stop
-    the instance and measure the store."""
+def real_graphs(paths: Sequence[Path], n_graphs: int) -> Iterator[GraphRows]:
+    """`n_graphs` graphs read one at a time: graph i is file i mod k, under prompt id "<prompt>~<round>"
+    from round 1 on."""
+    for i in range(n_graphs):
+        rows, round_ = read_graph_rows(paths[i % len(paths)]), i // len(paths)
+        if round_:
+            prompt = f"{rows.prompt['id']}~{round_}"
+            head = {**rows.graph, "id": graph_id(rows.transcoder_set, prompt), "prompt": prompt}
+            rows = dataclasses.replace(rows, graph=head, prompt={**rows.prompt, "id": prompt})
+        yield rows
+
+
+def run_stage(instance: str, n_graphs: int, console: Console, *, real: Sequence[Path] = ()) -> dict[str, Any]:
+    """Empty the instance's database, bulk-load `n_graphs` graphs (synthetic, or from the `real` graph
+    files), time every step, read GDS memory, stop the instance and measure the store."""
     layout = Layout.resolve()
     root = empty_database(instance, layout=layout)
     settings = local_instance_settings(name=instance)
     started = time.perf_counter()
-    with multiprocessing.Pool(1) as pool:  # one process makes graphs while this one writes their CSV rows
-        make = functools.partial(synthetic_graph, config=REALISTIC)
-        graphs = pool.imap(make, range(n_graphs), chunksize=50)
-        loaded = bulk_import_rows(graphs, instance=instance, parameters={"bench": "analysis"})
+    parameters = {"bench": "analysis"}
+    if real:
+        loaded = bulk_import_rows(real_graphs(real, n_graphs), instance=instance, parameters=parameters)
+    else:
+        with multiprocessing.Pool(1) as pool:  # one process makes graphs while this one writes CSV rows
+            make = functools.partial(synthetic_graph, config=REALISTIC)
+            graphs = pool.imap(make, range(n_graphs), chunksize=50)
+            loaded = bulk_import_rows(graphs, instance=instance, parameters=parameters)
     with open_driver(settings) as driver:  # the schema's indexes are built after the import
         driver.execute_query("CALL db.awaitIndexes(3600)", database_=settings.database)
     row: dict[str, Any] = {
@@ -317,6 +344,9 @@ def main() -> None:
         "--instance", default="bench-analysis", help="local instance loaded (made beforehand)"
     )
     parser.add_argument("--wipe", action="store_true", help="required: the benchmark empties the database")
+    parser.add_argument(
+        "--real-graphs", type=Path, help="a folder of graph files to repeat instead of synthetic graphs"
+    )
     args = parser.parse_args()
     if not args.wipe:
         parser.error("the benchmark deletes everything in the database; pass --wipe to confirm")
@@ -324,9 +354,11 @@ def main() -> None:
     if len(stages) < 2:
         parser.error("give two or more --stages: growth and sizing need two sizes")
     console = Console(width=200)
-    rows = [run_stage(args.instance, n, console) for n in stages]
+    real = graph_files(args.real_graphs) if args.real_graphs else []
+    rows = [run_stage(args.instance, n, console, real=real) for n in stages]
     console.print(table(stages, rows))
-    console.print(sizing(args.instance, stages, rows))
+    if not real:
+        console.print(sizing(args.instance, stages, rows))
 
 
 if __name__ == "__main__":
