@@ -132,6 +132,10 @@ class CausalConfig:
         if self.batch < 1:
             raise AnalysisError(f"causal batch must be >= 1, got {self.batch}")
 
+    def model_shelf(self) -> ModelShelf:
+        """A shelf of `sources`, then the shipped toy, on `device` (each model loaded on first need)."""
+        return ModelShelf(sources=with_shipped_toy(self.sources), device=self.device)
+
 
 def _measure_graph(
     graph: dict[str, Any],
@@ -182,7 +186,7 @@ def measure_causal_support(
     record_run(driver, STEP, asdict(config), database=database)
     driver.execute_query(_CLEAR, database_=database)
     graphs = [r.data() for r in driver.execute_query(_GRAPHS, database_=database).records]
-    shelf = models or ModelShelf(sources=with_shipped_toy(config.sources), device=config.device)
+    shelf = models or config.model_shelf()
     counts = {"measured": 0, "no_model": 0, "tokens_differ": 0}
     for start in range(0, len(graphs), config.batch):
         chunk = graphs[start : start + config.batch]

@@ -20,7 +20,7 @@ from circuitbase.analysis.gds import AnalysisError
 from circuitbase.analysis.hubs import HubConfig, find_hubs
 from circuitbase.analysis.similarity import SimilarityConfig, find_similar_graphs
 from circuitbase.analysis.subcircuits import SubcircuitConfig, mine_subcircuits
-from circuitbase.engine.shelf import ModelShelf, with_shipped_toy
+from circuitbase.engine.shelf import ModelShelf
 from circuitbase.progress import Progress
 
 STEPS = ("faithfulness", "communities", "subcircuits", "causal", "similarity", "hubs")
@@ -70,7 +70,7 @@ def run_step(
     if step == "faithfulness":
         return check_faithfulness(
             driver,
-            models=models or default_shelf(config),
+            models=models or config.causal.model_shelf(),
             config=config.faithfulness,
             database=database,
             progress=progress,
@@ -90,11 +90,6 @@ def run_step(
     raise AnalysisError(f"unknown analysis step {step!r}; choose from {', '.join(STEPS)}")
 
 
-def default_shelf(config: AnalysisConfig) -> ModelShelf:
-    """The shelf of the causal config's sources, then the shipped toy, on its device (loaded on need)."""
-    return ModelShelf(sources=with_shipped_toy(config.causal.sources), device=config.causal.device)
-
-
 def run_analysis(
     driver: neo4j.Driver,
     *,
@@ -105,10 +100,11 @@ def run_analysis(
     models: ModelShelf | None = None,
 ) -> list[StepResult]:
     """Run `steps` (default all, in STEPS order) and return each one's summary and seconds. models: where
-    the faithfulness and causal steps find the graphs' models (default: `default_shelf`, shared by both)."""
+    the faithfulness and causal steps find the graphs' models (default: `config.causal.model_shelf()`, one
+    shelf shared by both)."""
     config = config or AnalysisConfig()
     if models is None and set(MODEL_STEPS) & set(steps):
-        models = default_shelf(config)
+        models = config.causal.model_shelf()
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise AnalysisError(f"unknown analysis steps {unknown}; choose from {', '.join(STEPS)}")
