@@ -45,10 +45,9 @@ from circuitbase.analysis.compare import Split, compare
 from circuitbase.analysis.queries import run_query
 from circuitbase.analysis.run import AnalysisConfig, run_analysis
 from circuitbase.engine import toy
-from circuitbase.engine.models import load_model
-from circuitbase.engine.transcoders import TranscoderSet
 from circuitbase.settings import Neo4jSettings
 from tests.planted_recovery import concept_features, covered_pairs, run_study, score_recovery, study_prompt
+from tests.toy_demo_data import shipped_toy
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 
@@ -73,8 +72,7 @@ def study(
 ) -> dict[str, Any]:
     """Ingest + analyse the study on an emptied database; returns what the tests measure against."""
     database = neo4j_settings.database
-    model_dir, tc_dir = toy.shipped_paths()
-    loaded, transcoders = load_model(str(model_dir)), TranscoderSet.load(tc_dir)
+    loaded, transcoders = shipped_toy()
     examples = _study_prompts()
     loaded_graphs, results = run_study(
         neo4j_driver,

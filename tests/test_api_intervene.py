@@ -19,16 +19,15 @@ from circuitbase.api.interventions import ModelSource
 from circuitbase.api.limits import Limits, RateLimiter
 from circuitbase.engine.attribution import AttributionConfig
 from circuitbase.engine.interventions import FeatureIntervention
-from circuitbase.engine.models import load_model
 from circuitbase.engine.prompts import Prompt
 from circuitbase.engine.runner import iter_attribute
 from circuitbase.engine.toy import fixed_examples, shipped_paths
-from circuitbase.engine.transcoders import TranscoderSet
 from circuitbase.ingest.loader import ingest_files
 from circuitbase.ingest.model import graph_id
 from tests.api_data import FIXTURES
 from tests.intervention_reference import reference
 from tests.numerics import assert_close
+from tests.toy_demo_data import shipped_toy
 
 pytest_plugins = ["tests.api_data"]  # the graph_files and store fixtures
 
@@ -50,8 +49,7 @@ VIEW = """query($g: ID!) { graph(id: $g) { promptText view(minInfluence: 0, topK
 @pytest.fixture(scope="module")
 def toy_store(store: neo4j.Driver, tmp_path_factory: pytest.TempPathFactory) -> neo4j.Driver:
     """The API test data plus one graph of the shipped toy model (its first two-hop prompt)."""
-    model_dir, set_dir = shipped_paths()
-    toy = load_model(str(model_dir)), TranscoderSet.load(set_dir)
+    toy = shipped_toy()
     prompt = Prompt(text=TOY_PROMPT["prompt"], answer=TOY_PROMPT["answer"], tags=("two_hop",), id="toy-0")
     out = tmp_path_factory.mktemp("toy-graph")
     config = AttributionConfig(max_feature_nodes=64)

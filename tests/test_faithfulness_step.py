@@ -11,10 +11,8 @@ from circuitbase.analysis.faithfulness import FaithfulnessStepConfig, check_fait
 from circuitbase.analysis.gds import AnalysisError
 from circuitbase.engine.faithfulness import measure_faithfulness
 from circuitbase.engine.graph import AttributionGraph
-from circuitbase.engine.models import load_model
 from circuitbase.engine.shelf import ModelShelf
-from circuitbase.engine.toy import shipped_paths
-from circuitbase.engine.transcoders import TranscoderSet
+from tests.toy_demo_data import shipped_toy
 
 pytestmark = pytest.mark.neo4j
 pytest_plugins = ["tests.toy_demo_data"]  # the toy_demo fixture
@@ -28,7 +26,7 @@ def test_analyze_scores_every_graph_as_the_engine_check_does(toy_demo: neo4j.Dri
     with the values `measure_faithfulness` gives on the graph file."""
     graphs = toy_demo.execute_query(_GRAPHS).records
     assert graphs and all(r["g"].get("faithfulness") is not None for r in graphs)
-    loaded, transcoders = _toy()
+    loaded, transcoders = shipped_toy()
     for record in graphs[:3]:
         graph = AttributionGraph.load(record["path"])
         scores = measure_faithfulness(loaded.model, loaded.adapter, transcoders, graph).summary()
@@ -48,7 +46,7 @@ def test_only_unscored_graphs_are_checked_and_missing_files_are_counted(
     toy_demo.execute_query(
         "MATCH (g:Graph {id: $id}) SET g.path = $path", id=moved, path=str(tmp_path / "gone.safetensors")
     )
-    shelf = ModelShelf(sources=(), held=[_toy()])
+    shelf = ModelShelf(sources=(), held=[shipped_toy()])
     try:
         result = check_faithfulness(toy_demo, models=shelf)
     finally:
@@ -71,14 +69,9 @@ def test_graphs_of_an_unknown_model_are_counted_not_checked(toy_demo: neo4j.Driv
     toy_demo.execute_query("MATCH (g:Graph {id: $id}) REMOVE g.faithfulness", id=some)
     result = check_faithfulness(toy_demo, models=ModelShelf())
     assert (result["graphs"], result["graphs_without_model"], result["graphs_checked"]) == (1, 1, 0)
-    check_faithfulness(toy_demo, models=ModelShelf(held=[_toy()]))  # leave it scored for other tests
+    check_faithfulness(toy_demo, models=ModelShelf(held=[shipped_toy()]))  # leave it scored for other tests
 
 
 def test_config_checks_its_batch() -> None:
     with pytest.raises(AnalysisError, match="faithfulness batch must be >= 1, got 0"):
         FaithfulnessStepConfig(batch=0).check()
-
-
-def _toy() -> tuple:
-    model_dir, set_dir = shipped_paths()
-    return load_model(str(model_dir)), TranscoderSet.load(set_dir)
