@@ -49,10 +49,11 @@ def variants(rounds: int) -> list[dict]:
     """`rounds` x the study's prompts (at most len(PREAMBLES) rounds), round by round."""
     if not 1 <= rounds <= len(PREAMBLES):
         raise ValueError(f"rounds must be 1 to {len(PREAMBLES)}, got {rounds}")
+    study = study_prompts()
     return [
         {**p, "prompt": f"{preamble} {p['prompt']}".lstrip(), "dataset": DATASET}
         for preamble in PREAMBLES[:rounds]
-        for p in study_prompts()
+        for p in study
     ]
 
 
